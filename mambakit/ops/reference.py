@@ -1,0 +1,246 @@
+"""Plain-PyTorch reference for every op: any device, autograd, fp32 arithmetic. The test oracle.
+
+Glossary (the Mamba papers' symbols, used in every shape below):
+    b  batch size                 l  sequence length            d  channels (d_inner, or conv channels)
+    n  state size (d_state)       k  conv kernel width          g  groups sharing B and C (ngroups)
+    h  heads (Mamba-2)            p  head dim (Mamba-2)         v  vocabulary size
+    Δ (delta, dt)  input-dependent step size         A  state decay (negative; A = -exp(A_log))
+    B  input -> state projection  C  state -> output projection  D  skip connection
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t ;  y_t = C_t h_t + D x_t
+
+Conventions shared with the Triton kernels (same signatures, same results):
+- Inputs may be fp32/fp16/bf16; arithmetic and recurrent states are fp32; outputs take the input dtype.
+- ``seq_idx`` (b, l) int32 marks which packed sequence each position belongs to: wherever it changes
+  from one position to the next, the recurrent state (and the conv window) starts again from zero.
+- ``initial_state`` belongs to the first sequence of each row.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _sequence_starts(seq_idx: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """(b, l) bool: True where a new packed sequence starts inside the row (never at position 0)."""
+    if seq_idx is None:
+        return None
+    starts = torch.zeros_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
+
+
+def _expand_groups(t: torch.Tensor, channels: int, dim: int) -> torch.Tensor:
+    """Repeat the group axis ``dim`` of B or C so that each of ``channels`` gets its group's values."""
+    groups = t.shape[dim]
+    if channels % groups:
+        raise ValueError(f"{channels} channels cannot be split into {groups} groups")
+    return t.repeat_interleave(channels // groups, dim=dim)
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, seq_idx=None, return_final_state=False,
+):
+    """Mamba-1 selective scan (S6).
+
+    u, delta: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D: (d,); z: (b, d, l) gate;
+    delta_bias: (d,); initial_state: (b, d, n); seq_idx: (b, l).
+    Returns y (b, d, l) in u's dtype, y = (C h + D u) * silu(z), and with ``return_final_state`` also the
+    final state (b, d, n) fp32.
+    """
+    out_dtype = u.dtype
+    batch, channels, length = u.shape
+    u, delta, A = u.float(), delta.float(), A.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    B = _expand_groups(B.float().unsqueeze(1) if B.dim() == 3 else B.float(), channels, 1)  # (b, d, n, l)
+    C = _expand_groups(C.float().unsqueeze(1) if C.dim() == 3 else C.float(), channels, 1)
+    decay = torch.exp(delta.unsqueeze(2) * A.unsqueeze(-1))  # (b, d, n, l)
+    drive = (delta * u).unsqueeze(2) * B  # (b, d, n, l)
+    starts = _sequence_starts(seq_idx, length)
+    state = u.new_zeros(batch, channels, A.shape[1]) if initial_state is None else initial_state.float()
+    ys = []
+    for t in range(length):
+        if starts is not None and t > 0:
+            state = torch.where(starts[:, t, None, None], torch.zeros_like(state), state)
+        state = decay[..., t] * state + drive[..., t]
+        ys.append((state * C[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(out_dtype)
+    return (y, state) if return_final_state else y
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, seq_idx=None, return_final_state=False):
+    """Depthwise causal convolution over time, optionally followed by SiLU.
+
+    x: (b, d, l); weight: (d, k); bias: (d,); initial_state: (b, d, k-1) (the k-1 inputs before x);
+    seq_idx: (b, l). Returns y (b, d, l) in x's dtype and, with ``return_final_state``, the last k-1
+    inputs (b, d, k-1) in x's dtype (entries from an earlier packed sequence zeroed).
+    """
+    _check_activation(activation)
+    batch, channels, length = x.shape
+    width = weight.shape[-1]
+    history = x.new_zeros(batch, channels, width - 1) if initial_state is None else initial_state.to(x.dtype)
+    padded = torch.cat([history, x], dim=-1).float()  # (b, d, k-1+l)
+    windows = padded.unfold(-1, width, 1)  # (b, d, l, k): window t ends at input t
+    if seq_idx is not None:
+        padded_idx = torch.cat([seq_idx[:, :1].expand(batch, width - 1), seq_idx], dim=-1)
+        same = padded_idx.unfold(-1, width, 1) == seq_idx.unsqueeze(-1)  # (b, l, k)
+        windows = windows * same.unsqueeze(1)
+    y = (windows * weight.float()[:, None, :]).sum(-1)
+    if bias is not None:
+        y = y + bias.float()[:, None]
+    if activation is not None:
+        y = F.silu(y)
+    y = y.to(x.dtype)
+    if not return_final_state:
+        return y
+    final = padded[..., -(width - 1):] if width > 1 else padded[..., :0]
+    if seq_idx is not None and width > 1:
+        tail_idx = torch.cat([seq_idx[:, :1].expand(batch, width - 1), seq_idx], dim=-1)[:, -(width - 1):]
+        final = final * (tail_idx == seq_idx[:, -1:]).unsqueeze(1)
+    return y, final.to(x.dtype)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """One decoding step of the causal conv. Updates ``conv_state`` in place.
+
+    x: (b, d); conv_state: (b, d, s) with s >= k-1 (the latest inputs, oldest first); weight: (d, k).
+    Returns y (b, d) in x's dtype.
+    """
+    _check_activation(activation)
+    width = weight.shape[-1]
+    window = torch.cat([conv_state[..., conv_state.shape[-1] - (width - 1):], x.unsqueeze(-1)], dim=-1)
+    y = (window.float() * weight.float()).sum(-1)
+    if bias is not None:
+        y = y + bias.float()
+    if activation is not None:
+        y = F.silu(y)
+    conv_state.copy_(torch.cat([conv_state[..., 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+    return y.to(x.dtype)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step of the SSM recurrence, for both mixers. Updates ``state`` in place.
+
+    Mamba-1 layout: state (b, d, n); x, dt, z: (b, d); A: (d, n); B, C: (b, n) or (b, g, n); D, dt_bias: (d,).
+    Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
+    Returns y like x: y = (C h + D x) * silu(z).
+    """
+    if state.dim() == 3:  # Mamba-1: one head per channel, head dim 1
+        y = selective_state_update(
+            state.unsqueeze(2), x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1), B, C,
+            None if D is None else D.unsqueeze(-1), None if z is None else z.unsqueeze(-1),
+            None if dt_bias is None else dt_bias.unsqueeze(-1), dt_softplus,
+        )
+        return y.squeeze(-1)
+    heads = state.shape[1]
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    B = _expand_groups(B.float() if B.dim() == 3 else B.float().unsqueeze(1), heads, 1).unsqueeze(2)  # (b, h, 1, n)
+    C = _expand_groups(C.float() if C.dim() == 3 else C.float().unsqueeze(1), heads, 1).unsqueeze(2)
+    new_state = torch.exp(dt.unsqueeze(-1) * A.float()) * state.float() + (dt * x.float()).unsqueeze(-1) * B
+    state.copy_(new_state)
+    y = (new_state * C).sum(-1)
+    if D is not None:
+        y = y + D.float() * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)
+
+
+def ssd_scan(
+    x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+    dt_limit=(0.0, math.inf), initial_state=None, seq_idx=None, return_final_state=False,
+):
+    """Mamba-2 state-space dual (SSD) scan: scalar decay per head.
+
+    x: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n); D: (h,) or (h, p); z: (b, l, h, p);
+    dt_bias: (h,); initial_state: (b, h, p, n); seq_idx: (b, l).
+    ``chunk_size`` only tiles the work in the kernels; this recurrence gives the same numbers.
+    Returns y (b, l, h, p) in x's dtype and, with ``return_final_state``, the state (b, h, p, n) fp32.
+    """
+    batch, length, heads, head_dim = x.shape
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != (0.0, math.inf):
+        dt = dt.clamp(dt_limit[0], dt_limit[1])
+    Bh = _expand_groups(B.float(), heads, 2)  # (b, l, h, n)
+    Ch = _expand_groups(C.float(), heads, 2)
+    decay = torch.exp(dt * A.float())  # (b, l, h)
+    xf = x.float()
+    starts = _sequence_starts(seq_idx, length)
+    state = (x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
+             if initial_state is None else initial_state.float())
+    ys = []
+    for t in range(length):
+        if starts is not None and t > 0:
+            state = torch.where(starts[:, t, None, None, None], torch.zeros_like(state), state)
+        drive = (dt[:, t, :, None] * xf[:, t]).unsqueeze(-1) * Bh[:, t, :, None, :]  # (b, h, p, n)
+        state = decay[:, t, :, None, None] * state + drive
+        ys.append((state * Ch[:, t, :, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1)  # (b, l, h, p)
+    if D is not None:
+        y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * xf
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(x.dtype)
+    return (y, state) if return_final_state else y
+
+
+def rms_norm(x, weight=None, eps=1e-5, residual=None, residual_in_fp32=True):
+    """Residual add + RMSNorm over the last axis.
+
+    x: (..., d); weight: (d,) or None (weightless, as Falcon-Mamba's B/C/Δ norms); residual: like x.
+    Returns (y, residual_out): residual_out = x + residual (fp32 when ``residual_in_fp32``), and
+    y = weight * normalize(residual_out) in weight's dtype (x's when weightless).
+    """
+    summed = x.float() if residual is None else x.float() + residual.float()
+    out_dtype = weight.dtype if weight is not None else x.dtype
+    normed = (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + eps)).to(out_dtype)
+    y = normed if weight is None else weight * normed
+    residual_out = summed if residual_in_fp32 else summed.to(x.dtype)
+    return y, residual_out
+
+
+def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None):
+    """Mamba-2's gated group RMSNorm: y = weight * rmsnorm_per_group(x * silu(z)).
+
+    x, z: (..., d); weight: (d,); group_size divides d (default d). Returns y in x's dtype.
+    """
+    gated = x.float() * F.silu(z.float())
+    group_size = group_size or gated.shape[-1]
+    grouped = gated.unflatten(-1, (-1, group_size))
+    normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.flatten(-2).to(x.dtype)
+
+
+def linear_cross_entropy(hidden, weight, labels, ignore_index=-100):
+    """Mean next-token cross-entropy of ``hidden @ weight.T`` against ``labels``.
+
+    hidden: (t, d); weight: (v, d); labels: (t,) int64 with ``ignore_index`` for positions that do not
+    count. Returns a scalar fp32 loss (NaN-free: 0 when no position counts).
+    """
+    logits = (hidden @ weight.T).float()
+    counted = (labels != ignore_index).sum()
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / counted.clamp(min=1)
+
+
+def _check_activation(activation):
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
