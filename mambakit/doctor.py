@@ -1,0 +1,39 @@
+"""``mambakit doctor``: versions, devices, and which backend each op takes on each device and why."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+from mambakit import ops
+
+PACKAGES = ("mambakit", "torch", "triton", "transformers", "tokenizers", "safetensors", "huggingface_hub",
+            "accelerate", "peft", "datasets", "lm_eval")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> str:
+    lines = [f"python {platform.python_version()} on {platform.platform()}"]
+    lines += [f"{name:16s} {_version(name)}" for name in PACKAGES]
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            lines.append(f"cuda:{index}          {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+                         f"sm_{props.major}{props.minor}")
+        devices.append("cuda")
+    else:
+        lines.append("cuda             not available (ops run on the CPU reference)")
+    lines.append(f"backend request  {ops.BACKEND_ENV}={ops.requested_backend()}")
+    for device in devices:
+        lines.append(f"ops on {device}:")
+        for name, backend, reason in ops.describe_backends(device):
+            lines.append(f"  {name:24s} {backend:9s} {reason}")
+    return "\n".join(lines)

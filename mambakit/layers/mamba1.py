@@ -1,0 +1,99 @@
+"""Mamba-1 mixer (selective SSM, S6), also Falcon-Mamba's (weightless RMSNorm on B, C and Δ).
+
+Shapes: b batch, l length, d_model model width, d = d_inner = expand * d_model, n = d_state,
+r = dt_rank, k = d_conv. Parameter names follow state-spaces/mamba, so checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambakit import ops
+from mambakit.config import MambaConfig
+from mambakit.layers.norm import KeepsFp32Params
+
+
+class Mamba1Mixer(KeepsFp32Params):
+    fp32_params = ("A_log", "D")
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        d_inner, n, r = config.d_inner, config.d_state, config.dt_rank_value
+        self.d_state, self.dt_rank = n, r
+        self.in_proj = nn.Linear(config.d_model, 2 * d_inner, bias=config.bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, config.d_conv, groups=d_inner, padding=config.d_conv - 1,
+                                bias=config.conv_bias)
+        self.x_proj = nn.Linear(d_inner, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, n))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
+        self.bcdt_rms_eps = config.mixer_rms_eps if config.model_type == "falcon_mamba" else None
+
+    def _project_dt_b_c(self, x: torch.Tensor):
+        """x (..., d) -> Δ before bias and softplus (..., d), B (..., n), C (..., n)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.bcdt_rms_eps is not None:
+            dt, B, C = (ops.rms_norm(t, None, self.bcdt_rms_eps)[0] for t in (dt, B, C))
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(self, hidden, state=None, mask=None, seq_idx=None):
+        """hidden (b, l, d_model) -> (b, l, d_model).
+
+        state: optional (conv_state (b, d, k-1), ssm_state (b, d, n) fp32): the start state, overwritten
+        with the final state. mask: optional (b, l) with 0 at padded positions, which leave the state as it
+        is. seq_idx: optional (b, l) int32 packed-sequence ids (the state restarts where it changes).
+        """
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x, z = x.transpose(1, 2), z.transpose(1, 2)  # (b, d, l)
+        if mask is not None:
+            x = x * mask[:, None, :].to(x.dtype)
+        conv_state, ssm_state = state if state is not None else (None, None)
+        conv = ops.causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                 initial_state=conv_state, seq_idx=seq_idx, return_final_state=state is not None)
+        x = conv[0] if state is not None else conv
+        delta, B, C = self._project_dt_b_c(x.transpose(1, 2))
+        delta = delta.transpose(1, 2)  # (b, d, l)
+        delta_bias, softplus = self.dt_proj.bias.float(), True
+        if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·x = 0 keep the state
+            delta = F.softplus(delta.float() + delta_bias[:, None]) * mask[:, None, :]
+            delta_bias, softplus = None, False
+        scan = ops.selective_scan(x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+                                  self.D.float(), z, delta_bias=delta_bias, delta_softplus=softplus,
+                                  initial_state=ssm_state, seq_idx=seq_idx, return_final_state=state is not None)
+        if state is not None:
+            y, ssm_final = scan
+            conv_state.copy_(conv[1])
+            ssm_state.copy_(ssm_final)
+        else:
+            y = scan
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden, conv_state, ssm_state):
+        """One token: hidden (b, d_model) -> (b, d_model); conv_state (b, d, k-1), ssm_state (b, d, n) in place."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        delta, B, C = self._project_dt_b_c(x)
+        y = ops.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
+                                       dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)
+
+    def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per-row shapes of (conv_state, ssm_state)."""
+        d_inner = self.A_log.shape[0]
+        return (d_inner, self.conv1d.kernel_size[0] - 1), (d_inner, self.d_state)
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4):
+        """The reference initialisation: S4D-real A, Δ bias spread log-uniformly in [dt_min, dt_max]."""
+        d_inner, n = self.A_log.shape
+        self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D.fill_(1.0)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
