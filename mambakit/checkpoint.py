@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mambakit.config import ConfigError, MambaConfig
+from mambakit.errors import UserError
 from mambakit.model import MambaLM
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -21,7 +22,7 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja
 MAX_SHARD_SIZE = "5GB"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be found, read or matched to its config; the message says which and why."""
 
 
@@ -150,7 +151,7 @@ def save_model(model: MambaLM, folder: str | os.PathLike, layout: str = "hf") ->
     """Write config.json and the weights: ``hf`` -> model.safetensors (sharded past 5 GB, tied head left out,
     HF key names); ``state-spaces`` -> pytorch_model.bin with every key, as mamba_ssm reads it."""
     if layout not in ("hf", "state-spaces"):
-        raise ValueError(f"layout must be 'hf' or 'state-spaces', got {layout!r}")
+        raise CheckpointError(f"layout must be 'hf' or 'state-spaces', got {layout!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / "config.json", layout=layout)

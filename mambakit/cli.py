@@ -6,27 +6,22 @@ Errors a user can cause print one line (``mambakit: error: …``) and exit with 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
 
+from mambakit.errors import UserError
 from mambakit.loading import PRESET_PREFIX
 
 DEFAULT_MODEL = PRESET_PREFIX + "tiny-random"
 
 
-class UsageError(Exception):
-    """A user-caused problem the CLI reports in one line."""
+class UsageError(UserError):
+    """A bad command line."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mambakit.checkpoint import CheckpointError
-    from mambakit.config import ConfigError
-    from mambakit.generation import GenerationError, SamplingError
-    from mambakit.tokenizer import TokenizerError
-
-    return (UsageError, CheckpointError, ConfigError, GenerationError, SamplingError, TokenizerError, ValueError,
-            FileNotFoundError, IsADirectoryError, PermissionError)
+USER_ERRORS = (UserError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
@@ -106,6 +101,10 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+# Rooms that add their own subcommands: each module has ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambakit", description="Mamba-family language models: run, convert, "
                                                                   "inspect.")
@@ -129,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="versions, devices and the backend each op will use")
     doc.set_defaults(func=cmd_doctor)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         if os.environ.get("MAMBAKIT_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

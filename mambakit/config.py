@@ -14,10 +14,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mambakit.errors import UserError
+
 MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config.json that mambakit cannot build a model from; the message names the field."""
 
 

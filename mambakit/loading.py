@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mambakit import checkpoint
 from mambakit.config import MambaConfig
+from mambakit.errors import UserError
 from mambakit.model import MambaLM
 from mambakit.tokenizer import DEFAULT_TOKENIZER, byte_tokenizer, has_tokenizer, load_tokenizer
 
@@ -39,9 +40,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available here; use --device cpu")
+        raise UserError(f"device {device} asked for, but CUDA is not available here; use --device cpu")
     return device
 
 
@@ -52,7 +53,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use auto, {', '.join(DTYPES)}")
+        raise UserError(f"dtype {dtype!r} is not supported; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

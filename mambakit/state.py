@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mambakit.errors import UserError
+
 
 @dataclass
 class InferenceState:
@@ -71,18 +73,18 @@ class InferenceState:
     def load(cls, path: str | Path, device=None) -> "InferenceState":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no saved state at {path}")
+            raise UserError(f"no saved state at {path}")
         tensors = load_file(str(path), device=str(device or "cpu"))
         if set(tensors) != {"conv", "ssm"}:
-            raise ValueError(f"{path} is not a mambakit state file (expected tensors 'conv' and 'ssm')")
+            raise UserError(f"{path} is not a mambakit state file (expected tensors 'conv' and 'ssm')")
         return cls(tensors["conv"], tensors["ssm"])
 
     def check_compatible(self, model) -> None:
-        """Raise ValueError when this state was not made for ``model``'s shapes."""
+        """Raise UserError when this state was not made for ``model``'s shapes."""
         expected = InferenceState.allocate(model, 1, device="meta")
         if self.conv.shape[2:] != expected.conv.shape[2:] or self.ssm.shape[2:] != expected.ssm.shape[2:] \
                 or self.conv.shape[0] != expected.conv.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"state shapes conv {tuple(self.conv.shape)} / ssm {tuple(self.ssm.shape)} do not fit this model "
                 f"(conv (L, b, {expected.conv.shape[2:]}), ssm (L, b, {expected.ssm.shape[2:]})); "
                 "it was saved for another model"

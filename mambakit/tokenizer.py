@@ -10,12 +10,14 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from mambakit.errors import UserError
+
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"  # what the state-spaces Mamba checkpoints were trained with
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 EOS_TOKEN = "<|endoftext|>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer that cannot be found or loaded."""
 
 

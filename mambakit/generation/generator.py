@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from mambakit.errors import UserError
 from mambakit.generation.sampling import LogitProcessor, SamplingParams
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
@@ -19,7 +20,7 @@ from mambakit.state import InferenceState
 DEFAULT_PREFILL_CHUNK = 2048
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError):
     """Bad input to generation (e.g. an empty prompt)."""
 
 

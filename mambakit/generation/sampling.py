@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from mambakit.errors import UserError
 
-class SamplingError(ValueError):
+
+class SamplingError(UserError):
     """An invalid sampling option; the message names it and its valid range."""
 
 

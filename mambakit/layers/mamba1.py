@@ -34,11 +34,14 @@ class Mamba1Mixer(KeepsFp32Params):
         self.bcdt_rms_eps = config.mixer_rms_eps if config.model_type == "falcon_mamba" else None
 
     def _project_dt_b_c(self, x: torch.Tensor):
-        """x (..., d) -> Δ before bias and softplus (..., d), B (..., n), C (..., n)."""
+        """x (..., d) -> Δ before softplus (..., d) (dt_proj with its bias), B (..., n), C (..., n).
+
+        Every projection goes through its nn.Linear module, so adapters (LoRA) wrapped around them apply.
+        """
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
             dt, B, C = (ops.rms_norm(t, None, self.bcdt_rms_eps)[0] for t in (dt, B, C))
-        return F.linear(dt, self.dt_proj.weight), B, C
+        return self.dt_proj(dt), B, C
 
     def forward(self, hidden, state=None, mask=None, seq_idx=None):
         """hidden (b, l, d_model) -> (b, l, d_model).
@@ -57,12 +60,11 @@ class Mamba1Mixer(KeepsFp32Params):
         x = conv[0] if state is not None else conv
         delta, B, C = self._project_dt_b_c(x.transpose(1, 2))
         delta = delta.transpose(1, 2)  # (b, d, l)
-        delta_bias, softplus = self.dt_proj.bias.float(), True
+        softplus = True
         if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·x = 0 keep the state
-            delta = F.softplus(delta.float() + delta_bias[:, None]) * mask[:, None, :]
-            delta_bias, softplus = None, False
+            delta, softplus = F.softplus(delta.float()) * mask[:, None, :], False
         scan = ops.selective_scan(x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-                                  self.D.float(), z, delta_bias=delta_bias, delta_softplus=softplus,
+                                  self.D.float(), z, delta_softplus=softplus,
                                   initial_state=ssm_state, seq_idx=seq_idx, return_final_state=state is not None)
         if state is not None:
             y, ssm_final = scan
@@ -78,7 +80,7 @@ class Mamba1Mixer(KeepsFp32Params):
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         delta, B, C = self._project_dt_b_c(x)
         y = ops.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-                                       dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+                                       dt_softplus=True)
         return self.out_proj(y)
 
     def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
