@@ -11,10 +11,12 @@ TOLERANCES = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rt
 
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
-    """Tiles of a few positions, so that taps and sequence boundaries cross tile edges at test shapes."""
+    """Tiles of a few positions (so that taps and sequence boundaries cross tile edges at test shapes), and
+    backward programs that each walk several tiles."""
     if DEVICE == "cpu":
-        monkeypatch.setattr(conv_kernels, "FORWARD_TILE_ELEMENTS", 32)
-        monkeypatch.setattr(conv_kernels, "BACKWARD_TILE_ELEMENTS", 16)
+        monkeypatch.setattr(conv_kernels, "FORWARD_TILE_ELEMENTS", 8)
+        monkeypatch.setattr(conv_kernels, "BACKWARD_TILE_ELEMENTS", 8)
+        monkeypatch.setattr(conv_kernels, "BACKWARD_TARGET_PROGRAMS", 2)
 
 
 def _make_inputs(batch, channels, length, width, dtype, bias=True, initial_state=False, channels_last=False):

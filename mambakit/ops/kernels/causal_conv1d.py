@@ -12,8 +12,9 @@ Design:
   lies in another sequence than the output (``seq_idx`` differs), exactly as the reference.
 - The backward is one fused pass: for each tap shift s it recomputes the activation gradient g at the
   output positions u + s (a k-tap conv when SiLU is fused), adds w[k-1-s] * g to dx[u] and reduces
-  g * input[u] over the tile into per-tile weight-gradient partials (summed afterwards, deterministic).
-  One extra program per (batch, channel block) covers the initial-state positions, giving its gradient.
+  g * input[u] into the weight gradient. Each program walks several time tiles, keeping the weight and
+  bias gradients in registers and writing one partial per program (summed afterwards: deterministic, no
+  atomics). Tile -1 covers the initial-state positions and yields the initial state's gradient.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from mambakit.ops.reference import _check_activation
 # Elements per program tile in the forward and the backward (the backward holds more live tiles).
 FORWARD_TILE_ELEMENTS = 4096
 BACKWARD_TILE_ELEMENTS = 2048
+# A backward program walks up to this many time tiles (fewer weight-gradient partials to write and sum),
+# as long as about BACKWARD_TARGET_PROGRAMS programs remain to fill the GPU.
+BACKWARD_MAX_TILES_PER_PROGRAM = 16
+BACKWARD_TARGET_PROGRAMS = 1024
 # Channels per program in the decode update.
 UPDATE_BLOCK_D = 128
 
@@ -128,81 +133,87 @@ def _conv_forward_kernel(
 @triton.jit
 def _conv_backward_kernel(
     x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, dy_ptr, dfinal_ptr,
-    dx_ptr, dinit_ptr, dweight_partial_ptr, dbias_partial_ptr, length, channels,
+    dx_ptr, dinit_ptr, dweight_partial_ptr, dbias_partial_ptr, length, channels, num_tiles, tiles_per_program,
     stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
     stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_d, stride_dy_l, stride_dfinal_b, stride_dfinal_d, stride_dfinal_k,
     stride_dx_b, stride_dx_d, stride_dx_l, stride_dinit_b, stride_dinit_d, stride_dinit_k,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
     SILU: tl.constexpr, HAS_DFINAL: tl.constexpr,
 ):
-    """Gradients for the input positions u of one tile; grid (l blocks [+1 for the initial state], d blocks, b).
+    """Gradients for input positions u, tile by tile; grid (programs over time tiles, d blocks, b).
 
-    dx[u] = sum_s w[k-1-s] g[u+s] (same sequence) + dfinal (for the last k-1 positions), where
-    g = dy * act'(pre). Partials (b * programs_l, k, d) of dweight[k-1-s] = sum_u g[u+s] input[u] and
-    (b * programs_l, d) of dbias = sum_t g[t] are stored for a deterministic sum on the host side.
+    Each program walks ``tiles_per_program`` consecutive [BLOCK_L, BLOCK_D] tiles; tile -1 (positions
+    -BLOCK_L..-1) is the initial state's. dx[u] = sum_s w[k-1-s] g[u+s] (same sequence), plus dfinal for the
+    last k-1 positions, where g = dy * act'(pre). The program's sums dweight[k-1-s] = sum_u g[u+s] input[u]
+    and dbias = sum_t g[t] go to partials (b * programs, k, d) and (b * programs, d), summed afterwards.
     """
     pid_l = tl.program_id(0)
-    programs_l = tl.num_programs(0)
     batch = tl.program_id(2).to(tl.int64)
-    start = pid_l * BLOCK_L
-    if HAS_INIT:  # the extra last program takes positions -BLOCK_L..-1 (the initial state)
-        start = tl.where(pid_l == programs_l - 1, -BLOCK_L, start)
-    pos = start + tl.arange(0, BLOCK_L)
     chan = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     chan_mask = chan < channels
-
-    inputs = _load_inputs(x_ptr, init_ptr, batch, pos, chan, chan_mask, length,
-                          stride_x_b, stride_x_d, stride_x_l, stride_init_b, stride_init_d, stride_init_k,
-                          K, HAS_INIT)
-    if HAS_SEQ:
-        seq_in = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos, length)
-    partial_row = batch * programs_l + pid_l
-    grad_in = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    for shift in tl.static_range(K):
-        out_pos = pos + shift
-        in_range = (out_pos >= 0) & (out_pos < length)
-        dy_ptrs = dy_ptr + batch * stride_dy_b + out_pos[:, None] * stride_dy_l + chan[None, :] * stride_dy_d
-        grad_out = tl.load(dy_ptrs, mask=in_range[:, None] & chan_mask[None, :], other=0.0).to(tl.float32)
-        if SILU:
-            pre = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, out_pos, chan, chan_mask,
-                                 length, stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
-                                 stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
-                                 K, HAS_BIAS, HAS_INIT, HAS_SEQ)
-            sig = tl.sigmoid(pre)
-            grad_out = grad_out * sig * (1.0 + pre * (1.0 - sig))
-        if shift == 0:
-            if HAS_BIAS:
-                tl.store(dbias_partial_ptr + partial_row * channels + chan, tl.sum(grad_out, axis=0), mask=chan_mask)
-        if HAS_SEQ:
-            same = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, out_pos, length) == seq_in
-            grad_out = tl.where(same[:, None], grad_out, 0.0)
-        tap = K - 1 - shift
-        w_tap = tl.load(weight_ptr + chan * stride_w_d + tap * stride_w_k, mask=chan_mask, other=0.0)
-        grad_in += grad_out * w_tap.to(tl.float32)[None, :]
-        tl.store(dweight_partial_ptr + (partial_row * K + tap) * channels + chan,
-                 tl.sum(grad_out * inputs, axis=0), mask=chan_mask)
-
-    if HAS_DFINAL:  # the final state holds inputs length-(k-1)..length-1 of the last sequence
-        tail = pos - (length - (K - 1))
-        in_tail = (tail >= 0) & (pos < length)
-        dfinal_ptrs = (dfinal_ptr + batch * stride_dfinal_b + tail[:, None] * stride_dfinal_k
-                       + chan[None, :] * stride_dfinal_d)
-        grad_final = tl.load(dfinal_ptrs, mask=in_tail[:, None] & chan_mask[None, :], other=0.0).to(tl.float32)
-        if HAS_SEQ:
-            last_seq = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos * 0 + length - 1, length)
-            grad_final = tl.where((seq_in == last_seq)[:, None], grad_final, 0.0)
-        grad_in += grad_final
-
-    dx_ptrs = dx_ptr + batch * stride_dx_b + pos[:, None] * stride_dx_l + chan[None, :] * stride_dx_d
-    tl.store(dx_ptrs, grad_in.to(dx_ptr.dtype.element_ty),
-             mask=((pos >= 0) & (pos < length))[:, None] & chan_mask[None, :])
+    taps = tl.arange(0, BLOCK_K)
+    dweight = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    first_tile = pid_l * tiles_per_program
     if HAS_INIT:
-        dinit_ptrs = (dinit_ptr + batch * stride_dinit_b + (pos + K - 1)[:, None] * stride_dinit_k
-                      + chan[None, :] * stride_dinit_d)
-        tl.store(dinit_ptrs, grad_in.to(dinit_ptr.dtype.element_ty),
-                 mask=((pos < 0) & (pos >= 1 - K))[:, None] & chan_mask[None, :])
+        first_tile -= 1
+    for tile in range(first_tile, tl.minimum(first_tile + tiles_per_program, num_tiles)):
+        pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+        inputs = _load_inputs(x_ptr, init_ptr, batch, pos, chan, chan_mask, length,
+                              stride_x_b, stride_x_d, stride_x_l, stride_init_b, stride_init_d, stride_init_k,
+                              K, HAS_INIT)
+        if HAS_SEQ:
+            seq_in = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos, length)
+        grad_in = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+        for shift in tl.static_range(K):
+            out_pos = pos + shift
+            in_range = (out_pos >= 0) & (out_pos < length)
+            dy_ptrs = dy_ptr + batch * stride_dy_b + out_pos[:, None] * stride_dy_l + chan[None, :] * stride_dy_d
+            grad_out = tl.load(dy_ptrs, mask=in_range[:, None] & chan_mask[None, :], other=0.0).to(tl.float32)
+            if SILU:
+                pre = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, out_pos, chan,
+                                     chan_mask, length, stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
+                                     stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
+                                     K, HAS_BIAS, HAS_INIT, HAS_SEQ)
+                sig = tl.sigmoid(pre)
+                grad_out = grad_out * sig * (1.0 + pre * (1.0 - sig))
+            if shift == 0:
+                dbias += tl.sum(grad_out, axis=0)
+            if HAS_SEQ:
+                same = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, out_pos, length) == seq_in
+                grad_out = tl.where(same[:, None], grad_out, 0.0)
+            tap = K - 1 - shift
+            w_tap = tl.load(weight_ptr + chan * stride_w_d + tap * stride_w_k, mask=chan_mask, other=0.0)
+            grad_in += grad_out * w_tap.to(tl.float32)[None, :]
+            dweight += tl.where((taps == tap)[:, None], tl.sum(grad_out * inputs, axis=0)[None, :], 0.0)
+
+        if HAS_DFINAL:  # the final state holds inputs length-(k-1)..length-1 of the last sequence
+            tail = pos - (length - (K - 1))
+            in_tail = (tail >= 0) & (pos < length)
+            dfinal_ptrs = (dfinal_ptr + batch * stride_dfinal_b + tail[:, None] * stride_dfinal_k
+                           + chan[None, :] * stride_dfinal_d)
+            grad_final = tl.load(dfinal_ptrs, mask=in_tail[:, None] & chan_mask[None, :], other=0.0)
+            if HAS_SEQ:
+                last_seq = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos * 0 + length - 1, length)
+                grad_final = tl.where((seq_in == last_seq)[:, None], grad_final, 0.0)
+            grad_in += grad_final.to(tl.float32)
+
+        dx_ptrs = dx_ptr + batch * stride_dx_b + pos[:, None] * stride_dx_l + chan[None, :] * stride_dx_d
+        tl.store(dx_ptrs, grad_in.to(dx_ptr.dtype.element_ty),
+                 mask=((pos >= 0) & (pos < length))[:, None] & chan_mask[None, :])
+        if HAS_INIT:
+            dinit_ptrs = (dinit_ptr + batch * stride_dinit_b + (pos + K - 1)[:, None] * stride_dinit_k
+                          + chan[None, :] * stride_dinit_d)
+            tl.store(dinit_ptrs, grad_in.to(dinit_ptr.dtype.element_ty),
+                     mask=((pos < 0) & (pos >= 1 - K))[:, None] & chan_mask[None, :])
+
+    partial_row = batch * tl.num_programs(0) + pid_l
+    tl.store(dweight_partial_ptr + (partial_row * K + taps[:, None]) * channels + chan[None, :], dweight,
+             mask=(taps < K)[:, None] & chan_mask[None, :])
+    if HAS_BIAS:
+        tl.store(dbias_partial_ptr + partial_row * channels + chan, dbias, mask=chan_mask)
 
 
 @triton.jit
@@ -247,7 +258,7 @@ def _conv_update_kernel(
 def _tile_shape(x: torch.Tensor, width: int, elements: int) -> tuple[int, int]:
     """(BLOCK_L, BLOCK_D) of about ``elements`` elements, long along x's contiguous axis (time or channels).
 
-    BLOCK_L is at least k-1: the backward's initial-state program covers positions -BLOCK_L..-1.
+    BLOCK_L is at least k-1: the backward's initial-state tile covers positions -BLOCK_L..-1.
     """
     _, channels, length = x.shape
     min_block_l = triton.next_power_of_2(max(width - 1, 1))
@@ -289,20 +300,23 @@ def _conv_backward(x, weight, bias, initial_state, seq_idx, silu, grad_y, grad_f
     grad_x = torch.empty_like(x)  # x's layout when x is dense
     grad_init = torch.empty_like(initial_state) if initial_state is not None else None
     block_l, block_d = _tile_shape(x, width, BACKWARD_TILE_ELEMENTS)
-    programs_l = triton.cdiv(length, block_l) + (initial_state is not None)
+    num_tiles = triton.cdiv(length, block_l)
+    blocks_d = triton.cdiv(channels, block_d)
+    tiles_per_program = max(1, min(BACKWARD_MAX_TILES_PER_PROGRAM,
+                                   num_tiles * blocks_d * batch // BACKWARD_TARGET_PROGRAMS))
+    programs_l = triton.cdiv(num_tiles + (initial_state is not None), tiles_per_program)
     dweight_partial = torch.empty(batch * programs_l, width, channels, dtype=torch.float32, device=x.device)
     dbias_partial = (torch.empty(batch * programs_l, channels, dtype=torch.float32, device=x.device)
                      if bias is not None else None)
-    grid = (programs_l, triton.cdiv(channels, block_d), batch)
-    _conv_backward_kernel[grid](
+    _conv_backward_kernel[(programs_l, blocks_d, batch)](
         x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
         seq_idx if seq_idx is not None else x, grad_y, grad_final if has_dfinal else x,
         grad_x, grad_init if grad_init is not None else x, dweight_partial,
-        dbias_partial if dbias_partial is not None else x, length, channels,
+        dbias_partial if dbias_partial is not None else x, length, channels, num_tiles, tiles_per_program,
         *x.stride(), *weight.stride(), *_strides(initial_state, 3), *_strides(seq_idx, 2),
         *grad_y.stride(), *_strides(grad_final if has_dfinal else None, 3),
         *grad_x.stride(), *_strides(grad_init, 3),
-        K=width, BLOCK_L=block_l, BLOCK_D=block_d,
+        K=width, BLOCK_K=triton.next_power_of_2(width), BLOCK_L=block_l, BLOCK_D=block_d,
         HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
         SILU=silu, HAS_DFINAL=has_dfinal, num_warps=4,
     )
