@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from mambakit.errors import UserError
+from mambakit.generation.cuda_graph import CudaGraphStepper
 from mambakit.generation.sampling import LogitProcessor, SamplingParams
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
@@ -33,8 +34,11 @@ class GenerationResult:
     stats: dict = field(default_factory=dict)
 
 
-class _RowText:
-    """One row's output: token ids, decoded text, stop-string and EOS handling, streaming hold-back."""
+class RowText:
+    """One row's output: token ids, decoded text, stop-string and EOS handling, streaming hold-back.
+
+    Public so that chat and the server's scheduler stop rows exactly as ``Generator`` does.
+    """
 
     def __init__(self, tokenizer, stop: list[str], eos_id: int | None):
         self.tokenizer, self.stop, self.eos_id = tokenizer, stop, eos_id
@@ -79,9 +83,12 @@ class _RowText:
 class Generator:
     """Generates text with a MambaLM and its tokenizer."""
 
-    def __init__(self, model: MambaLM, tokenizer, prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK):
+    def __init__(self, model: MambaLM, tokenizer, prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK,
+                 cuda_graphs: bool = True):
+        """``cuda_graphs``: on a CUDA model, decode through captured graphs (see cuda_graph.py)."""
         self.model, self.tokenizer = model, tokenizer
         self.prefill_chunk_size = prefill_chunk_size
+        self.cuda_graphs = CudaGraphStepper(model) if cuda_graphs and CudaGraphStepper.supported(model) else None
         self.vocab_limit = min(len(tokenizer), model.config.padded_vocab_size)
 
     # ---- token level -----------------------------------------------------------------------------
@@ -120,12 +127,14 @@ class Generator:
         return logits, state
 
     @torch.inference_mode()
-    def decode(self, prompts: list[list[int]], params: SamplingParams, state: InferenceState | None = None
-               ) -> Iterator[torch.Tensor]:
+    def decode(self, prompts: list[list[int]], params: SamplingParams, state: InferenceState | None = None,
+               context: list[list[int]] | None = None) -> Iterator[torch.Tensor]:
         """Yields the next token of every row (b,) for up to ``params.max_new_tokens`` steps.
 
         The caller stops iterating when all rows are finished; ``state`` (if given) ends holding the state
         after the last yielded token has been fed back (i.e. after all tokens but the last).
+        ``context``: per row, the token ids already in ``state`` before the prompt (earlier chat turns, a
+        cached prefix); only the repetition penalty reads them, so it covers what re-encoding would.
         """
         logits, state = self.prefill(prompts, state)
         processor = LogitProcessor(params, self.vocab_limit, logits.device)
@@ -133,14 +142,19 @@ class Generator:
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(len(prompts), logits.shape[-1], dtype=torch.bool, device=logits.device)
             for row, prompt in enumerate(prompts):
-                seen[row, torch.tensor(prompt, device=logits.device)] = True
-        for step in range(params.max_new_tokens):
-            tokens = processor.draw(logits, seen)
-            if seen is not None:
-                seen.scatter_(1, tokens[:, None], True)
-            yield tokens
-            if step + 1 < params.max_new_tokens:
-                logits = self.model.step(tokens, state)
+                seen[row, torch.tensor(prompt + (context[row] if context else []), device=logits.device)] = True
+        session = self.cuda_graphs.session(state) if self.cuda_graphs is not None else None
+        try:
+            for step in range(params.max_new_tokens):
+                tokens = processor.draw(logits, seen)
+                if seen is not None:
+                    seen.scatter_(1, tokens[:, None], True)
+                yield tokens
+                if step + 1 < params.max_new_tokens:
+                    logits = session.step(tokens) if session is not None else self.model.step(tokens, state)
+        finally:
+            if session is not None:
+                session.close()
 
     # ---- text level ------------------------------------------------------------------------------
     def stream_rows(self, prompts: list[str], params: SamplingParams, state: InferenceState | None = None
@@ -151,7 +165,7 @@ class Generator:
 
     def _stream_ids(self, encoded, params, state, results):
         eos_id = None if params.ignore_eos else self.tokenizer.eos_token_id
-        rows = [_RowText(self.tokenizer, list(params.stop), eos_id) for _ in encoded]
+        rows = [RowText(self.tokenizer, list(params.stop), eos_id) for _ in encoded]
         started = time.perf_counter()
         first_token_at = None
         steps = 0
