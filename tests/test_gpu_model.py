@@ -1,0 +1,60 @@
+"""Whole models on the GPU through the Triton kernels (run with `pytest -m gpu` on a CUDA machine)."""
+import pytest
+import torch
+
+import mambakit
+from mambakit import MambaConfig, MambaLM
+from mambakit.generation import Generator, SamplingParams
+from mambakit.tokenizer import byte_tokenizer
+from tiny_models import KINDS, VOCAB, hf_model
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-3), (torch.bfloat16, 0.15)])
+def test_triton_path_matches_hf(tmp_path, kind, dtype, atol):
+    reference = hf_model(kind)
+    reference.save_pretrained(tmp_path)
+    model = mambakit.load_model(tmp_path, device="cuda", dtype=dtype)
+    ids = torch.randint(0, VOCAB, (2, 300))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        actual = model(ids.cuda()).logits.float().cpu()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module", params=["mamba", "mamba2"])
+def cuda_model(request):
+    config = MambaConfig(model_type=request.param, d_model=256, n_layer=4, vocab_size=257, d_state=16,
+                         headdim=32, chunk_size=64)
+    return MambaLM.from_config(config, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+
+
+def test_cuda_graph_decode_equals_eager(cuda_model):
+    params = SamplingParams(max_new_tokens=48, temperature=0, ignore_eos=True)
+    prompts = ["Once upon a time", "Hi", "The quick brown fox"]
+    graphed = Generator(cuda_model, byte_tokenizer()).generate(prompts, params)
+    eager = Generator(cuda_model, byte_tokenizer(), cuda_graphs=False).generate(prompts, params)
+    assert [r.token_ids for r in graphed] == [r.token_ids for r in eager]
+
+
+def test_chunked_prefill_equals_one_shot(cuda_model):
+    ids = torch.randint(0, 257, (1, 3000), device="cuda")
+    with torch.inference_mode():
+        whole = cuda_model(ids, return_state=True)
+        state = cuda_model.allocate_state(1)
+        chunks = torch.cat([cuda_model(ids[:, s:s + 1024], state=state).logits for s in range(0, 3000, 1024)], 1)
+    torch.testing.assert_close(chunks.float(), whole.logits.float(), rtol=0, atol=0.1)
+    torch.testing.assert_close(state.ssm, whole.state.ssm, rtol=0.05, atol=0.05)
+
+
+def test_training_step_on_triton_path(cuda_model):
+    cuda_model.train()
+    ids = torch.randint(0, 257, (2, 512), device="cuda")
+    loss = cuda_model(ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for p in cuda_model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+    cuda_model.zero_grad()
+    cuda_model.eval()
