@@ -18,6 +18,7 @@ from mambakit.config import MambaConfig
 from mambakit.layers.mamba1 import Mamba1Mixer
 from mambakit.layers.mamba2 import Mamba2Mixer
 from mambakit.layers.norm import RMSNorm
+from mambakit.layers.projection import project
 from mambakit.state import InferenceState
 
 
@@ -167,7 +168,7 @@ class MambaLM(nn.Module):
         for index, block in enumerate(self.backbone.layers):
             hidden, residual = block.step(hidden, residual, *state.layer(index))
         hidden, _ = self.backbone.norm_f(hidden, residual)
-        return self.lm_head(hidden)
+        return project(self.lm_head, hidden)
 
     def save_pretrained(self, folder, tokenizer=None, layout: str = "hf"):
         """Write the model (safetensors in HF layout, or state-spaces layout) and, if given, the tokenizer."""

@@ -14,6 +14,7 @@ from torch import nn
 from mambakit import ops
 from mambakit.config import MambaConfig
 from mambakit.layers.norm import KeepsFp32Params
+from mambakit.layers.projection import project
 
 
 class Mamba1Mixer(KeepsFp32Params):
@@ -36,12 +37,12 @@ class Mamba1Mixer(KeepsFp32Params):
     def _project_dt_b_c(self, x: torch.Tensor):
         """x (..., d) -> Δ before softplus (..., d) (dt_proj with its bias), B (..., n), C (..., n).
 
-        Every projection goes through its nn.Linear module, so adapters (LoRA) wrapped around them apply.
+        Projections go through ``project``, so adapters (LoRA) wrapped around them apply.
         """
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = project(self.x_proj, x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
             dt, B, C = (ops.rms_norm(t, None, self.bcdt_rms_eps)[0] for t in (dt, B, C))
-        return self.dt_proj(dt), B, C
+        return project(self.dt_proj, dt), B, C
 
     def forward(self, hidden, state=None, mask=None, seq_idx=None):
         """hidden (b, l, d_model) -> (b, l, d_model).
@@ -76,12 +77,12 @@ class Mamba1Mixer(KeepsFp32Params):
 
     def step(self, hidden, conv_state, ssm_state):
         """One token: hidden (b, d_model) -> (b, d_model); conv_state (b, d, k-1), ssm_state (b, d, n) in place."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x, z = project(self.in_proj, hidden).chunk(2, dim=-1)
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         delta, B, C = self._project_dt_b_c(x)
         y = ops.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
                                        dt_softplus=True)
-        return self.out_proj(y)
+        return project(self.out_proj, y)
 
     def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-row shapes of (conv_state, ssm_state)."""

@@ -14,6 +14,7 @@ from torch import nn
 from mambakit import ops
 from mambakit.config import MambaConfig
 from mambakit.layers.norm import GatedRMSNorm, KeepsFp32Params
+from mambakit.layers.projection import project
 
 
 class Mamba2Mixer(KeepsFp32Params):
@@ -81,7 +82,7 @@ class Mamba2Mixer(KeepsFp32Params):
         """One token: hidden (b, d_model) -> (b, d_model); conv_state (b, c, k-1), ssm_state (b, h, p, n) in place."""
         batch = hidden.shape[0]
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
-        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_channels, h], dim=-1)
+        z, xbc, dt = project(self.in_proj, hidden).split([self.d_inner, self.conv_channels, h], dim=-1)
         xbc = ops.causal_conv1d_update(xbc, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         x, B, C = xbc.split([self.d_inner, g * n, g * n], dim=-1)
         if self._limits_dt:
@@ -94,7 +95,7 @@ class Mamba2Mixer(KeepsFp32Params):
             B.reshape(batch, g, n), C.reshape(batch, g, n), self.D.float()[:, None].expand(h, p),
             dt_bias=dt_bias, dt_softplus=softplus,
         )
-        return self.out_proj(self.norm(y.reshape(batch, self.d_inner), z))
+        return project(self.out_proj, self.norm(y.reshape(batch, self.d_inner), z))
 
     def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-row shapes of (conv_state, ssm_state)."""

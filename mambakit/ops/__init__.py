@@ -88,10 +88,11 @@ ssd_scan = Op("ssd_scan", "ssd")
 rms_norm = Op("rms_norm", "rms_norm")
 gated_rms_norm = Op("gated_rms_norm", "rms_norm")
 linear_cross_entropy = Op("linear_cross_entropy", "linear_cross_entropy")
+linear = Op("linear", "gemv")
 
 ALL_OPS = (
     selective_scan, causal_conv1d, causal_conv1d_update, selective_state_update,
-    ssd_scan, rms_norm, gated_rms_norm, linear_cross_entropy,
+    ssd_scan, rms_norm, gated_rms_norm, linear_cross_entropy, linear,
 )
 
 

@@ -244,3 +244,8 @@ def linear_cross_entropy(hidden, weight, labels, ignore_index=-100):
 def _check_activation(activation):
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias: x (..., k); weight (n, k); bias (n,). The decode path's projections."""
+    return torch.nn.functional.linear(x, weight, bias)
