@@ -24,9 +24,11 @@ import triton.language as tl
 
 from mambakit.ops.reference import _check_activation
 
-# Elements per program tile in the forward and the backward (the backward holds more live tiles).
+# Elements per program tile (8 warps) in the forward and the backward: the backward's k shifted recomputes
+# hold more live values, so its tile is smaller (about 120 registers per thread at k=4 on sm_90).
 FORWARD_TILE_ELEMENTS = 4096
-BACKWARD_TILE_ELEMENTS = 2048
+BACKWARD_TILE_ELEMENTS = 1024
+TRAINING_NUM_WARPS = 8
 # A backward program walks up to this many time tiles (fewer weight-gradient partials to write and sum),
 # as long as about BACKWARD_TARGET_PROGRAMS programs remain to fill the GPU.
 BACKWARD_MAX_TILES_PER_PROGRAM = 16
@@ -44,41 +46,43 @@ def _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos, length):
 
 @triton.jit
 def _load_inputs(
-    x_ptr, init_ptr, batch, pos, chan, chan_mask, length,
+    x_ptr, init_ptr, batch, start, chan, chan_mask, length,
     stride_x_b, stride_x_d, stride_x_l, stride_init_b, stride_init_d, stride_init_k,
-    K: tl.constexpr, HAS_INIT: tl.constexpr,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
-    """fp32 [BLOCK_L, BLOCK_D] tile of conv inputs at time ``pos``: x for 0 <= pos < length, the initial
-    state (rounded to x's dtype, as the reference does) for -(k-1) <= pos < 0, zero elsewhere."""
+    """fp32 [BLOCK_L, BLOCK_D] tile of conv inputs at times start..start+BLOCK_L-1: x for 0 <= pos < length,
+    the initial state (rounded to x's dtype, as the reference does) for -(k-1) <= pos < 0, else zero."""
+    pos = start + tl.arange(0, BLOCK_L)
     in_x = (pos >= 0) & (pos < length)
     x_ptrs = x_ptr + batch * stride_x_b + pos[:, None] * stride_x_l + chan[None, :] * stride_x_d
     values = tl.load(x_ptrs, mask=in_x[:, None] & chan_mask[None, :], other=0.0).to(tl.float32)
     if HAS_INIT:
-        in_init = (pos < 0) & (pos >= 1 - K)
-        init_ptrs = (init_ptr + batch * stride_init_b + (pos + K - 1)[:, None] * stride_init_k
-                     + chan[None, :] * stride_init_d)
-        history = tl.load(init_ptrs, mask=in_init[:, None] & chan_mask[None, :], other=0.0)
-        values += history.to(x_ptr.dtype.element_ty).to(tl.float32)
+        if start < 0:  # only tiles that reach before position 0: one [BLOCK_D] vector per history step
+            for step in tl.static_range(K - 1):
+                history = tl.load(init_ptr + batch * stride_init_b + chan * stride_init_d + step * stride_init_k,
+                                  mask=chan_mask, other=0.0).to(x_ptr.dtype.element_ty).to(tl.float32)
+                values = tl.where((pos == step - (K - 1))[:, None], history[None, :], values)
     return values
 
 
 @triton.jit
 def _preactivation(
-    x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, pos, chan, chan_mask, length,
+    x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, start, chan, chan_mask, length,
     stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
     stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
-    K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
 ):
-    """fp32 [BLOCK_L, BLOCK_D] conv output before the activation at output positions ``pos``."""
+    """fp32 [BLOCK_L, BLOCK_D] conv output before the activation at output times start..start+BLOCK_L-1."""
+    pos = start + tl.arange(0, BLOCK_L)
     if HAS_SEQ:
         seq_out = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos, length)
-    acc = tl.zeros([pos.shape[0], chan.shape[0]], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_L, chan.shape[0]], dtype=tl.float32)
     for tap in tl.static_range(K):
-        in_pos = pos + (tap - (K - 1))
-        inputs = _load_inputs(x_ptr, init_ptr, batch, in_pos, chan, chan_mask, length,
+        inputs = _load_inputs(x_ptr, init_ptr, batch, start + (tap - (K - 1)), chan, chan_mask, length,
                               stride_x_b, stride_x_d, stride_x_l, stride_init_b, stride_init_d, stride_init_k,
-                              K, HAS_INIT)
+                              K, BLOCK_L, HAS_INIT)
         if HAS_SEQ:
+            in_pos = pos + (tap - (K - 1))
             same = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, in_pos, length) == seq_out
             inputs = tl.where(same[:, None], inputs, 0.0)
         w_tap = tl.load(weight_ptr + chan * stride_w_d + tap * stride_w_k, mask=chan_mask, other=0.0)
@@ -101,13 +105,14 @@ def _conv_forward_kernel(
     """y[b, d, l] = act(sum_j w[d, j] input[l - (k-1) + j] + bias[d]); grid (l blocks, d blocks, b)."""
     pid_l = tl.program_id(0)
     batch = tl.program_id(2).to(tl.int64)
-    pos = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    start = pid_l * BLOCK_L
+    pos = start + tl.arange(0, BLOCK_L)
     chan = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     chan_mask = chan < channels
-    out = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, pos, chan, chan_mask, length,
+    out = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, start, chan, chan_mask, length,
                          stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
                          stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
-                         K, HAS_BIAS, HAS_INIT, HAS_SEQ)
+                         K, BLOCK_L, HAS_BIAS, HAS_INIT, HAS_SEQ)
     if SILU:
         out = out * tl.sigmoid(out)
     y_ptrs = y_ptr + batch * stride_y_b + pos[:, None] * stride_y_l + chan[None, :] * stride_y_d
@@ -117,9 +122,9 @@ def _conv_forward_kernel(
         if pid_l == tl.num_programs(0) - 1:  # the last k-1 inputs, zeroed where from an earlier sequence
             tail = tl.arange(0, BLOCK_TAIL)
             tail_pos = length - (K - 1) + tail
-            tail_inputs = _load_inputs(x_ptr, init_ptr, batch, tail_pos, chan, chan_mask, length,
+            tail_inputs = _load_inputs(x_ptr, init_ptr, batch, length - (K - 1), chan, chan_mask, length,
                                        stride_x_b, stride_x_d, stride_x_l,
-                                       stride_init_b, stride_init_d, stride_init_k, K, HAS_INIT)
+                                       stride_init_b, stride_init_d, stride_init_k, K, BLOCK_TAIL, HAS_INIT)
             if HAS_SEQ:
                 last_seq = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, tail * 0 + length - 1, length)
                 same = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, tail_pos, length) == last_seq
@@ -160,10 +165,11 @@ def _conv_backward_kernel(
     if HAS_INIT:
         first_tile -= 1
     for tile in range(first_tile, tl.minimum(first_tile + tiles_per_program, num_tiles)):
-        pos = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-        inputs = _load_inputs(x_ptr, init_ptr, batch, pos, chan, chan_mask, length,
+        start = tile * BLOCK_L
+        pos = start + tl.arange(0, BLOCK_L)
+        inputs = _load_inputs(x_ptr, init_ptr, batch, start, chan, chan_mask, length,
                               stride_x_b, stride_x_d, stride_x_l, stride_init_b, stride_init_d, stride_init_k,
-                              K, HAS_INIT)
+                              K, BLOCK_L, HAS_INIT)
         if HAS_SEQ:
             seq_in = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos, length)
         grad_in = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
@@ -173,10 +179,10 @@ def _conv_backward_kernel(
             dy_ptrs = dy_ptr + batch * stride_dy_b + out_pos[:, None] * stride_dy_l + chan[None, :] * stride_dy_d
             grad_out = tl.load(dy_ptrs, mask=in_range[:, None] & chan_mask[None, :], other=0.0).to(tl.float32)
             if SILU:
-                pre = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, out_pos, chan,
+                pre = _preactivation(x_ptr, weight_ptr, bias_ptr, init_ptr, seq_ptr, batch, start + shift, chan,
                                      chan_mask, length, stride_x_b, stride_x_d, stride_x_l, stride_w_d, stride_w_k,
                                      stride_init_b, stride_init_d, stride_init_k, stride_seq_b, stride_seq_l,
-                                     K, HAS_BIAS, HAS_INIT, HAS_SEQ)
+                                     K, BLOCK_L, HAS_BIAS, HAS_INIT, HAS_SEQ)
                 sig = tl.sigmoid(pre)
                 grad_out = grad_out * sig * (1.0 + pre * (1.0 - sig))
             if shift == 0:
@@ -190,15 +196,17 @@ def _conv_backward_kernel(
             dweight += tl.where((taps == tap)[:, None], tl.sum(grad_out * inputs, axis=0)[None, :], 0.0)
 
         if HAS_DFINAL:  # the final state holds inputs length-(k-1)..length-1 of the last sequence
-            tail = pos - (length - (K - 1))
-            in_tail = (tail >= 0) & (pos < length)
-            dfinal_ptrs = (dfinal_ptr + batch * stride_dfinal_b + tail[:, None] * stride_dfinal_k
-                           + chan[None, :] * stride_dfinal_d)
-            grad_final = tl.load(dfinal_ptrs, mask=in_tail[:, None] & chan_mask[None, :], other=0.0)
-            if HAS_SEQ:
-                last_seq = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos * 0 + length - 1, length)
-                grad_final = tl.where((seq_in == last_seq)[:, None], grad_final, 0.0)
-            grad_in += grad_final.to(tl.float32)
+            if start + BLOCK_L > length - (K - 1):
+                tail = pos - (length - (K - 1))
+                in_tail = (tail >= 0) & (pos < length)
+                dfinal_ptrs = (dfinal_ptr + batch * stride_dfinal_b + tail[:, None] * stride_dfinal_k
+                               + chan[None, :] * stride_dfinal_d)
+                grad_final = tl.load(dfinal_ptrs, mask=in_tail[:, None] & chan_mask[None, :], other=0.0)
+                if HAS_SEQ:
+                    last_seq = _sequence_ids(seq_ptr, stride_seq_b, stride_seq_l, batch, pos * 0 + length - 1,
+                                             length)
+                    grad_final = tl.where((seq_in == last_seq)[:, None], grad_final, 0.0)
+                grad_in += grad_final.to(tl.float32)
 
         dx_ptrs = dx_ptr + batch * stride_dx_b + pos[:, None] * stride_dx_l + chan[None, :] * stride_dx_d
         tl.store(dx_ptrs, grad_in.to(dx_ptr.dtype.element_ty),
@@ -288,7 +296,7 @@ def _conv_forward(x, weight, bias, initial_state, seq_idx, silu, return_final_st
         *y.stride(), *_strides(final if store_final else None, 3),
         K=width, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_TAIL=max(2, triton.next_power_of_2(width - 1)),
         HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
-        SILU=silu, STORE_FINAL=store_final, num_warps=4,
+        SILU=silu, STORE_FINAL=store_final, num_warps=TRAINING_NUM_WARPS,
     )
     return y, final
 
@@ -318,7 +326,7 @@ def _conv_backward(x, weight, bias, initial_state, seq_idx, silu, grad_y, grad_f
         *grad_x.stride(), *_strides(grad_init, 3),
         K=width, BLOCK_K=triton.next_power_of_2(width), BLOCK_L=block_l, BLOCK_D=block_d,
         HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
-        SILU=silu, HAS_DFINAL=has_dfinal, num_warps=4,
+        SILU=silu, HAS_DFINAL=has_dfinal, num_warps=TRAINING_NUM_WARPS,
     )
     grad_weight = dweight_partial.sum(0).t().to(weight.dtype)
     grad_bias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else None
@@ -331,11 +339,14 @@ class _CausalConv1d(torch.autograd.Function):
         y, final = _conv_forward(x, weight, bias, initial_state, seq_idx, silu, return_final_state)
         ctx.save_for_backward(x, weight, bias, initial_state, seq_idx)
         ctx.silu = silu
+        ctx.set_materialize_grads(False)  # an unused final state brings None, not a tensor of zeros
         return (y, final) if return_final_state else y
 
     @staticmethod
     def backward(ctx, grad_y, grad_final=None):
         x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
         grad_x, grad_weight, grad_bias, grad_init = _conv_backward(
             x, weight, bias, initial_state, seq_idx, ctx.silu, grad_y, grad_final)
         return grad_x, grad_weight, grad_bias, grad_init, None, None, None
