@@ -2,12 +2,12 @@
 
 Shapes (see ``mambakit.ops.reference``): x, residual, z: (..., d), flattened to rows of d; weight: (d,).
 
-Design: both ops are one pair of row kernels over a row viewed as a [groups, group_size] tile
-(plain RMSNorm is one group). The forward reads each input once, keeps the row in fp32 registers and
-writes y (and the residual sum, rounded to its dtype only on store) plus one fp32 rstd per group. The
-backward recomputes the normalized row from the inputs and rstd; each program walks a contiguous block
-of rows and accumulates dweight in registers, so the weight gradient costs one (programs, d) partial
-buffer and a sum instead of atomics.
+Design: both ops share one pair of kernels whose program normalizes one group of one row (plain RMSNorm is
+a single group of d; grid axis 1 walks the groups). The forward reads each input once, keeps the group in
+fp32 registers and writes y (and the residual sum, rounded to its dtype only on store) plus one fp32 rstd
+per (row, group). The backward recomputes the normalized values from the inputs and rstd; each program
+walks a contiguous block of rows of its group and accumulates dweight in registers, so the weight
+gradient costs one (programs, d) partial buffer and a sum instead of atomics.
 """
 from __future__ import annotations
 
@@ -19,22 +19,22 @@ import triton.language as tl
 BACKWARD_PROGRAMS_PER_SM = 4
 # Backward programs when running on CPU tensors (the Triton interpreter).
 INTERPRETER_BACKWARD_PROGRAMS = 4
-MAX_ROW_ELEMENTS = 65536
+MAX_GROUP_ELEMENTS = 65536
 
 
 @triton.jit
 def _norm_forward_kernel(
     x_ptr, residual_ptr, z_ptr, weight_ptr, y_ptr, residual_out_ptr, rstd_ptr,
-    stride_x, stride_residual, stride_z, stride_y, stride_residual_out,
-    num_groups, group_size, eps,
-    BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+    stride_x, stride_residual, stride_z, stride_y, stride_residual_out, group_size, eps,
+    BLOCK_C: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
 ):
-    """One row per program: s = x (+ residual) (* silu(z)); y = weight * s * rstd, rstd per group."""
+    """Grid (rows, groups): s = x (+ residual) (* silu(z)) over the group; y = weight * s * rstd."""
     row = tl.program_id(0).to(tl.int64)
-    groups = tl.arange(0, BLOCK_G)
-    cols = groups[:, None] * group_size + tl.arange(0, BLOCK_C)[None, :]
-    mask = (groups < num_groups)[:, None] & (tl.arange(0, BLOCK_C) < group_size)[None, :]
+    group = tl.program_id(1)
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < group_size
+    cols = group * group_size + offs
     summed = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         summed += tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0).to(tl.float32)
@@ -44,9 +44,9 @@ def _norm_forward_kernel(
     if HAS_GATE:
         z = tl.load(z_ptr + row * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
         summed = summed * z * tl.sigmoid(z)
-    rstd = tl.rsqrt(tl.sum(summed * summed, axis=1) / group_size + eps)
-    tl.store(rstd_ptr + row * num_groups + groups, rstd, mask=groups < num_groups)
-    out = summed * rstd[:, None]
+    rstd = tl.rsqrt(tl.sum(summed * summed, axis=0) / group_size + eps)
+    tl.store(rstd_ptr + row * tl.num_programs(1) + group, rstd)
+    out = summed * rstd
     if HAS_WEIGHT:
         out = out * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_y + cols, out.to(y_ptr.dtype.element_ty), mask=mask)
@@ -57,20 +57,22 @@ def _norm_backward_kernel(
     x_ptr, residual_ptr, z_ptr, weight_ptr, rstd_ptr, dy_ptr, dresidual_out_ptr,
     dx_ptr, dresidual_ptr, dz_ptr, dweight_partial_ptr,
     stride_x, stride_residual, stride_z, stride_dy, stride_dresidual_out, stride_dx, stride_dresidual, stride_dz,
-    rows, rows_per_program, num_groups, group_size,
-    BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+    rows, rows_per_program, group_size,
+    BLOCK_C: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_DRESIDUAL_OUT: tl.constexpr, STORE_DRESIDUAL: tl.constexpr,
 ):
-    """Gradients for rows [pid * rows_per_program, ...): with n = s * rstd and dn = dy * weight,
-    ds = rstd * (dn - n * mean_group(dn * n)) (+ dresidual_out); dx = ds (* silu(z)),
-    dz = ds * x * silu'(z), dresidual = ds; dweight partial[pid] = sum_rows dy * n."""
+    """Grid (programs, groups); program p takes rows [p * rows_per_program, ...) of one group. With
+    n = s * rstd and dn = dy * weight: ds = rstd * (dn - n * mean(dn * n)) (+ dresidual_out);
+    dx = ds (* silu(z)), dz = ds * x * silu'(z), dresidual = ds; dweight partial[p] = sum_rows dy * n."""
     pid = tl.program_id(0)
-    groups = tl.arange(0, BLOCK_G)
-    cols = groups[:, None] * group_size + tl.arange(0, BLOCK_C)[None, :]
-    mask = (groups < num_groups)[:, None] & (tl.arange(0, BLOCK_C) < group_size)[None, :]
+    group = tl.program_id(1)
+    num_groups = tl.num_programs(1)
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < group_size
+    cols = group * group_size + offs
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        dweight = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
+        dweight = tl.zeros([BLOCK_C], dtype=tl.float32)
     first_row = pid.to(tl.int64) * rows_per_program
     for row in range(first_row, tl.minimum(first_row + rows_per_program, rows)):
         summed = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
@@ -83,16 +85,15 @@ def _norm_backward_kernel(
             gated = summed * gate
         else:
             gated = summed
-        rstd = tl.load(rstd_ptr + row * num_groups + groups, mask=groups < num_groups, other=0.0)
-        normed = gated * rstd[:, None]
+        rstd = tl.load(rstd_ptr + row * num_groups + group)
+        normed = gated * rstd
         dy = tl.load(dy_ptr + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_WEIGHT:
             dweight += dy * normed
             dnormed = dy * weight
         else:
             dnormed = dy
-        correction = tl.sum(dnormed * normed, axis=1) / group_size
-        dgated = (dnormed - normed * correction[:, None]) * rstd[:, None]
+        dgated = (dnormed - normed * (tl.sum(dnormed * normed, axis=0) / group_size)) * rstd
         if HAS_GATE:
             tl.store(dz_ptr + row * stride_dz + cols,
                      (dgated * summed * z_sigmoid * (1.0 + z * (1.0 - z_sigmoid))).to(dz_ptr.dtype.element_ty),
@@ -123,20 +124,22 @@ def _row_stride(t: torch.Tensor | None) -> int:
     return t.stride(0) if t is not None else 0
 
 
-def _block_shape(width: int, group_size: int) -> tuple[int, int, int]:
-    """(BLOCK_G, BLOCK_C, num_warps) for rows of ``width`` split in groups of ``group_size``."""
+def _block_size(width: int, group_size: int) -> tuple[int, int]:
+    """(BLOCK_C, num_warps) for groups of ``group_size`` in rows of ``width``: about 8 elements a thread."""
     if width % group_size:
         raise ValueError(f"group_size {group_size} does not divide the normalized width {width}")
-    block_g, block_c = triton.next_power_of_2(width // group_size), triton.next_power_of_2(group_size)
-    if block_g * block_c > MAX_ROW_ELEMENTS:
-        raise ValueError(f"rows of {width} elements are too wide for the Triton norm (max {MAX_ROW_ELEMENTS})")
-    return block_g, block_c, min(16, max(1, block_g * block_c // 512))
+    block_c = triton.next_power_of_2(group_size)
+    if block_c > MAX_GROUP_ELEMENTS:
+        raise ValueError(f"groups of {group_size} elements exceed the Triton norm's {MAX_GROUP_ELEMENTS}")
+    return block_c, min(16, max(1, block_c // 256))
 
 
-def _backward_programs(device: torch.device, rows: int) -> int:
+def _backward_programs(device: torch.device, rows: int, groups: int) -> int:
+    """Programs per group: a few per SM over all groups (a handful in the interpreter)."""
     if device.type != "cuda":
         return min(rows, INTERPRETER_BACKWARD_PROGRAMS)
-    return min(rows, BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(rows, max(1, BACKWARD_PROGRAMS_PER_SM * sms // groups))
 
 
 class _RowNorm(torch.autograd.Function):
@@ -151,17 +154,16 @@ class _RowNorm(torch.autograd.Function):
         x2, residual2, z2 = _rows(x, width), _rows(residual, width), _rows(z, width)
         weight = weight.contiguous() if weight is not None else None
         rows = x2.shape[0]
-        block_g, block_c, num_warps = _block_shape(width, group_size)
+        block_c, num_warps = _block_size(width, group_size)
         y = torch.empty(rows, width, dtype=out_dtype, device=x.device)
         residual_out = (torch.empty(rows, width, dtype=residual_dtype, device=x.device)
                         if residual_dtype is not None else None)
         rstd = torch.empty(rows, width // group_size, dtype=torch.float32, device=x.device)
-        _norm_forward_kernel[(rows,)](
+        _norm_forward_kernel[(rows, width // group_size)](
             x2, residual2 if residual2 is not None else x2, z2 if z2 is not None else x2,
             weight if weight is not None else x2, y, residual_out if residual_out is not None else y, rstd,
             x2.stride(0), _row_stride(residual2), _row_stride(z2), y.stride(0), _row_stride(residual_out),
-            width // group_size, group_size, eps,
-            BLOCK_G=block_g, BLOCK_C=block_c, HAS_RESIDUAL=residual is not None, HAS_GATE=z is not None,
+            group_size, eps, BLOCK_C=block_c, HAS_RESIDUAL=residual is not None, HAS_GATE=z is not None,
             HAS_WEIGHT=weight is not None, STORE_RESIDUAL=residual_out is not None, num_warps=num_warps,
         )
         ctx.save_for_backward(x2, residual2, z2, weight, rstd)
@@ -174,24 +176,24 @@ class _RowNorm(torch.autograd.Function):
         x2, residual2, z2, weight, rstd = ctx.saved_tensors
         rows, width = x2.shape
         group_size = ctx.group_size
-        block_g, block_c, num_warps = _block_shape(width, group_size)
+        block_c, num_warps = _block_size(width, group_size)
         dy = _rows(grad_y, width) if grad_y is not None else torch.zeros_like(x2)
         dresidual_out = _rows(grad_residual_out, width)
         dx = torch.empty_like(x2)
         dresidual = torch.empty_like(residual2) if residual2 is not None and ctx.needs_input_grad[1] else None
         dz = torch.empty_like(z2) if z2 is not None else None
-        programs = _backward_programs(x2.device, rows)
+        programs = _backward_programs(x2.device, rows, width // group_size)
         dweight_partial = (torch.empty(programs, width, dtype=torch.float32, device=x2.device)
                            if weight is not None else None)
-        _norm_backward_kernel[(programs,)](
+        _norm_backward_kernel[(programs, width // group_size)](
             x2, residual2 if residual2 is not None else x2, z2 if z2 is not None else x2,
             weight if weight is not None else x2, rstd, dy, dresidual_out if dresidual_out is not None else dy,
             dx, dresidual if dresidual is not None else dx, dz if dz is not None else dx,
             dweight_partial if dweight_partial is not None else dx,
             x2.stride(0), _row_stride(residual2), _row_stride(z2), dy.stride(0), _row_stride(dresidual_out),
             dx.stride(0), _row_stride(dresidual), _row_stride(dz),
-            rows, triton.cdiv(rows, programs), width // group_size, group_size,
-            BLOCK_G=block_g, BLOCK_C=block_c, HAS_RESIDUAL=residual2 is not None, HAS_GATE=z2 is not None,
+            rows, triton.cdiv(rows, programs), group_size,
+            BLOCK_C=block_c, HAS_RESIDUAL=residual2 is not None, HAS_GATE=z2 is not None,
             HAS_WEIGHT=weight is not None, HAS_DRESIDUAL_OUT=dresidual_out is not None,
             STORE_DRESIDUAL=dresidual is not None, num_warps=num_warps,
         )
