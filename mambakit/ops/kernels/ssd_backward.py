@@ -107,24 +107,24 @@ def _chunk_input_grad_kernel(
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     stride_B_b, stride_B_l, stride_B_g, stride_B_n,
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
-    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One block of BLOCK_T source positions s of one chunk, for heads_per_program heads of one group.
+    """One block of BLOCK_M source positions s of one chunk, for heads_per_program heads of one group.
 
     Writes dx (b, l, h, p) in x's dtype; dt_direct_grad (b, h, lq) = x_s·dx_s / dt_s without the D
     term (the dt gradient through the input scaling, not the decay); dB_partial (b, l, h / heads_per_program,
-    n) = dB summed over this program's heads; dD_partial (b, c · CHUNK / BLOCK_T, h, p) = Σ_s dy_s x_s.
+    n) = dB summed over this program's heads; dD_partial (b, programs along axis 0, h, p) = Σ_s dy_s x_s.
     """
-    blocks_per_chunk = CHUNK // BLOCK_T
+    blocks_per_chunk = CHUNK // BLOCK_M
     chunk_idx = tl.program_id(0) // blocks_per_chunk
-    block_start = (tl.program_id(0) % blocks_per_chunk) * BLOCK_T
+    block_start = (tl.program_id(0) % blocks_per_chunk) * BLOCK_M
     programs_per_row = heads // heads_per_program
     batch_idx = (tl.program_id(1) // programs_per_row).to(tl.int64)
     first_head = (tl.program_id(1) % programs_per_row) * heads_per_program
     group_idx = first_head // heads_per_group
-    offs_s = block_start + tl.arange(0, BLOCK_T)
+    offs_s = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     pos_s = chunk_idx * CHUNK + offs_s
@@ -139,7 +139,7 @@ def _chunk_input_grad_kernel(
         seg_s = tl.load(seg_ptr + batch_idx * length + pos_s, mask=s_ok, other=-1)
         _, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
 
-    dB = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    dB = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for head_offset in range(heads_per_program):
         head_idx = first_head + head_offset
         scalars = (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
@@ -150,9 +150,9 @@ def _chunk_input_grad_kernel(
         dt_s = tl.load(dt_ptr + scalars + offs_s)
         log_decay_s = tl.load(log_decay_ptr + scalars + offs_s)
 
-        dx = tl.zeros((BLOCK_T, BLOCK_P), dtype=tl.float32)  # without the dt_s factor and the D term
-        for start in range(block_start, CHUNK, BLOCK_T):
-            offs_t = start + tl.arange(0, BLOCK_T)
+        dx = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)  # without the dt_s factor and the D term
+        for start in range(block_start, CHUNK, BLOCK_K):
+            offs_t = start + tl.arange(0, BLOCK_K)
             pos_t = chunk_idx * CHUNK + offs_t
             t_ok = pos_t < length
             C_t = tl.load(C_base + pos_t[:, None] * stride_C_l + offs_n[None, :] * stride_C_n,
@@ -208,22 +208,22 @@ def _chunk_C_grad_kernel(
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     stride_B_b, stride_B_l, stride_B_g, stride_B_n,
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
-    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_SEQ_IDX: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One block of BLOCK_T output positions t of one chunk, for heads_per_program heads of one group.
+    """One block of BLOCK_M output positions t of one chunk, for heads_per_program heads of one group.
 
     Writes dC_partial (b, l, h / heads_per_program, n) = dC summed over this program's heads, and
     output_grad_dot (b, h, lq) = C_t·dC_t of each head alone, which equals dy_t·y_t (y without D).
     """
-    blocks_per_chunk = CHUNK // BLOCK_T
+    blocks_per_chunk = CHUNK // BLOCK_M
     chunk_idx = tl.program_id(0) // blocks_per_chunk
-    block_start = (tl.program_id(0) % blocks_per_chunk) * BLOCK_T
+    block_start = (tl.program_id(0) % blocks_per_chunk) * BLOCK_M
     programs_per_row = heads // heads_per_program
     batch_idx = (tl.program_id(1) // programs_per_row).to(tl.int64)
     first_head = (tl.program_id(1) % programs_per_row) * heads_per_program
     group_idx = first_head // heads_per_group
-    offs_t = block_start + tl.arange(0, BLOCK_T)
+    offs_t = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     pos_t = chunk_idx * CHUNK + offs_t
@@ -237,7 +237,7 @@ def _chunk_C_grad_kernel(
         seg_t = tl.load(seg_ptr + batch_idx * length + pos_t, mask=t_ok, other=-1)
         seg_before, _ = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
 
-    dC = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    dC = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for head_offset in range(heads_per_program):
         head_idx = first_head + head_offset
         scalars = (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
@@ -253,8 +253,8 @@ def _chunk_C_grad_kernel(
                                  mask=p_ok[:, None] & n_ok[None, :], other=0.0)  # (P, N)
         head_dC = matmul(dy_t, entering_state, DOT_DTYPE, PRECISION) * entering_weight[:, None]  # (T, N)
 
-        for start in range(0, block_start + BLOCK_T, BLOCK_T):
-            offs_s = start + tl.arange(0, BLOCK_T)
+        for start in range(0, block_start + BLOCK_M, BLOCK_K):
+            offs_s = start + tl.arange(0, BLOCK_K)
             pos_s = chunk_idx * CHUNK + offs_s
             s_ok = pos_s < length
             x_s = tl.load(x_base + offs_p[:, None] * stride_x_p + pos_s[None, :] * stride_x_l,
@@ -377,25 +377,27 @@ def ssd_backward(dout, final_state_grad, saved: ForwardResult, x, dt, A, B, C, g
         BLOCK=geo.state_block, HAS_FINAL_STATE_GRAD=final_state_grad is not None, num_warps=4,
     )
 
-    blocks = geo.n_chunks * (geo.chunk // geo.block_t)
     programs_per_row = geo.heads // geo.heads_per_program
-    grid = (blocks, geo.batch * programs_per_row)
     common = (geo.length, geo.heads, geo.heads_per_group, geo.heads_per_program, geo.head_dim, geo.state_dim,
               geo.padded_len, geo.n_chunks, *x.stride(), *dy.stride(), *B.stride(), *C.stride())
-    tiles = dict(CHUNK=geo.chunk, BLOCK_T=geo.block_t, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n,
-                 HAS_SEQ_IDX=seg is not None, DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, num_warps=8)
+    shared_meta = dict(CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, HAS_SEQ_IDX=seg is not None,
+                       DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision)
+    input_tiles = geo.quadratic_tiles("chunk_input_grad")
+    blocks = geo.n_chunks * (geo.chunk // input_tiles["BLOCK_M"])
     dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     dt_direct_grad = torch.empty_like(saved.dt)
     dB_partial = torch.empty(geo.batch, geo.length, programs_per_row, geo.state_dim, **fp32)
     dD_partial = torch.empty(geo.batch, blocks, geo.heads, geo.head_dim, **fp32) if D is not None else None
-    _chunk_input_grad_kernel[grid](
+    _chunk_input_grad_kernel[(blocks, geo.batch * programs_per_row)](
         x, dy, B, C, D, saved.dt, saved.log_decay, seg, state_grads, dx, dt_direct_grad, dB_partial, dD_partial,
-        *common, HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, **tiles,
+        *common, HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, **shared_meta, **input_tiles,
     )
     dC_partial = torch.empty_like(dB_partial)
     output_grad_dot = torch.empty_like(saved.dt)
-    _chunk_C_grad_kernel[grid](
-        x, dy, B, C, saved.dt, saved.log_decay, seg, saved.states, dC_partial, output_grad_dot, *common, **tiles,
+    C_tiles = geo.quadratic_tiles("chunk_C_grad")
+    _chunk_C_grad_kernel[(geo.n_chunks * (geo.chunk // C_tiles["BLOCK_M"]), geo.batch * programs_per_row)](
+        x, dy, B, C, saved.dt, saved.log_decay, seg, saved.states, dC_partial, output_grad_dot, *common,
+        **shared_meta, **C_tiles,
     )
 
     ddt = torch.empty(geo.batch, geo.length, geo.heads, **fp32)

@@ -7,8 +7,17 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_BLOCK_T = 64  # positions per tile inside a chunk (tensor-core tile edge)
+MAX_BLOCK_T = 64  # positions per tile of the chunk-state kernel (tensor-core tile edge)
 MAX_HEADS_PER_PROGRAM = 8  # heads whose dB / dC one backward program sums before writing
+
+# Kernels whose work is quadratic in the chunk: (positions per program BLOCK_M, positions per inner-loop
+# tile BLOCK_K, warps, pipeline stages), for p = 64, n = 128 in bf16 picked by compiling for sm_90a, where
+# ptxas then reports no (or a few bytes of) register spills. Tiles shrink to the chunk when it is smaller.
+QUADRATIC_TILES = {
+    "chunk_output": (64, 64, 4, 2),
+    "chunk_input_grad": (64, 64, 8, 2),
+    "chunk_C_grad": (64, 32, 8, 2),
+}
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,7 @@ class ScanGeometry:
     head_dim: int
     state_dim: int
     chunk: int
-    block_t: int  # positions per tile, divides the chunk
+    block_t: int  # positions per tile of the chunk-state kernel, divides the chunk
     block_p: int  # head_dim padded to a power of two >= 16 (tl.dot needs >= 16)
     block_n: int  # state_dim padded likewise
     block_h: int  # heads per program of the per-position dt kernels
@@ -46,6 +55,11 @@ class ScanGeometry:
     @property
     def state_size(self) -> int:
         return self.head_dim * self.state_dim
+
+    def quadratic_tiles(self, kernel: str) -> dict:
+        """Launch meta-parameters of one of the QUADRATIC_TILES kernels."""
+        rows, inner, warps, stages = QUADRATIC_TILES[kernel]
+        return dict(BLOCK_M=min(rows, self.chunk), BLOCK_K=min(inner, self.chunk), num_warps=warps, num_stages=stages)
 
     @classmethod
     def of(cls, x: torch.Tensor, B: torch.Tensor, chunk_size: int) -> "ScanGeometry":

@@ -171,22 +171,22 @@ def _chunk_output_kernel(
     stride_B_b, stride_B_l, stride_B_g, stride_B_n,
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_z_b, stride_z_l, stride_z_h, stride_z_p,
-    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, STORE_UNGATED: tl.constexpr,
     HAS_SEQ_IDX: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One block of BLOCK_T output positions t of one (chunk, batch × head). y: (b, l, h, p) contiguous.
+    """One block of BLOCK_M output positions t of one (chunk, batch × head). y: (b, l, h, p) contiguous.
 
     y_t = sum_{s <= t in the chunk and segment} (C_t·B_s) exp(log_decay[t] - log_decay[s]) dt_s x_s
           + exp(log_decay[t]) C_t · entering_state (if t is in the entering state's segment) + D x_t,
     then y *= silu(z_t). With STORE_UNGATED, y before the gate also goes to y_ungated (for dz).
     """
-    chunk_idx = tl.program_id(0) // (CHUNK // BLOCK_T)
-    block_start = (tl.program_id(0) % (CHUNK // BLOCK_T)) * BLOCK_T
+    chunk_idx = tl.program_id(0) // (CHUNK // BLOCK_M)
+    block_start = (tl.program_id(0) % (CHUNK // BLOCK_M)) * BLOCK_M
     batch_idx = (tl.program_id(1) // heads).to(tl.int64)
     head_idx = tl.program_id(1) % heads
     group_idx = head_idx // heads_per_group
-    offs_t = block_start + tl.arange(0, BLOCK_T)
+    offs_t = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     pos_t = chunk_idx * CHUNK + offs_t
@@ -210,8 +210,8 @@ def _chunk_output_kernel(
                                mask=n_ok[:, None] & p_ok[None, :], other=0.0)  # (N, P)
     acc = matmul(C_t, entering_state_T, DOT_DTYPE, PRECISION) * entering_weight[:, None]  # (T, P)
 
-    for start in range(0, block_start + BLOCK_T, BLOCK_T):
-        offs_s = start + tl.arange(0, BLOCK_T)
+    for start in range(0, block_start + BLOCK_M, BLOCK_K):
+        offs_s = start + tl.arange(0, BLOCK_K)
         pos_s = chunk_idx * CHUNK + offs_s
         s_ok = pos_s < length
         B_s = tl.load(B_base + offs_n[:, None] * stride_B_n + pos_s[None, :] * stride_B_l,
@@ -298,13 +298,14 @@ def ssd_forward(x, dt, A, B, C, geo: ScanGeometry, D=None, z=None, dt_bias=None,
 
     y = torch.empty(geo.batch, geo.length, geo.heads, geo.head_dim, device=device, dtype=x.dtype)
     y_ungated = torch.empty_like(y) if z is not None and store_ungated else None
-    _chunk_output_kernel[(geo.n_chunks * (geo.chunk // geo.block_t), geo.batch * geo.heads)](
+    tiles = geo.quadratic_tiles("chunk_output")
+    _chunk_output_kernel[(geo.n_chunks * (geo.chunk // tiles["BLOCK_M"]), geo.batch * geo.heads)](
         x, B, C, z, D, dt_out, log_decay, seg, states, y, y_ungated,
         geo.length, geo.heads, geo.heads_per_group, geo.head_dim, geo.state_dim, geo.padded_len,
         geo.n_chunks + 1, *x.stride(), *B.stride(), *C.stride(), *strides(z),
-        CHUNK=geo.chunk, BLOCK_T=geo.block_t, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n,
+        CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n,
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
         STORE_UNGATED=y_ungated is not None, HAS_SEQ_IDX=seg is not None,
-        DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, num_warps=4,
+        DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, **tiles,
     )
     return ForwardResult(y, y_ungated, dt_out, log_decay, chunk_decay, states)
