@@ -65,6 +65,19 @@ def _load_delta(u_ptrs, delta_ptrs, tile_mask, delta_bias, HAS_DELTA_BIAS: tl.co
 
 
 @triton.jit
+def _load_state_inputs(A_ptrs, B_ptrs, C_ptrs, state_ptrs, n, stride_A_n, stride_bc_n, stride_states_n, d_mask):
+    """A[:, n] (BLOCK_D,), rows n of B and C broadcast to (BLOCK_D, CHUNK) tiles, and the state n entering
+    the chunk (BLOCK_D,), all fp32. The state loops fetch state n + 1's inputs while computing state n;
+    the state (written by the previous chunk, so an L2 read) is loaded volatile so that the compiler
+    keeps the fetch early in the loop body instead of sinking it next to its use."""
+    A_n = tl.load(A_ptrs + n * stride_A_n, mask=d_mask, other=0.0)
+    B_n = tl.load(B_ptrs + n * stride_bc_n)
+    C_n = tl.load(C_ptrs + n * stride_bc_n)
+    h_start = tl.load(state_ptrs + n * stride_states_n, mask=d_mask, other=0.0, volatile=True)
+    return A_n, B_n, C_n, h_start
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, y_ptr, states_ptr,
     length, channels, state_size, channels_per_group, num_state_slots,
@@ -111,12 +124,14 @@ def _selective_scan_fwd_kernel(
         state_out = states_base + ((chunk + 1) % num_state_slots) * stride_states_slot
 
         y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0,
+                                         stride_A_n, stride_bc_n, stride_states_n, d_mask)
         for n in range(state_size):
-            A_n = tl.load(A_ptrs + n * stride_A_n, mask=d_mask, other=0.0) * LOG2E
-            B_n = tl.load(B_base + n * stride_bc_n + bc_offs)
-            C_n = tl.load(C_base + n * stride_bc_n + bc_offs)
-            h_start = tl.load(state_in + n * stride_states_n, mask=d_mask, other=0.0)
-            log2_decay = delta * A_n[:, None]
+            A_n, B_n, C_n, h_start = next_inputs
+            next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in,
+                                             tl.minimum(n + 1, state_size - 1),
+                                             stride_A_n, stride_bc_n, stride_states_n, d_mask)
+            log2_decay = delta * (A_n * LOG2E)[:, None]
             if HAS_SEQ_IDX:
                 log2_decay += log_keep
             decay = tl.exp2(log2_decay)
@@ -209,12 +224,17 @@ def _selective_scan_bwd_kernel(
 
         ddelta_u = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         ddelta_decay = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0,
+                                         stride_A_n, stride_bc_n, stride_states_n, d_mask)
+        next_adjoint_end = tl.load(adjoint_in, mask=d_mask, other=0.0)
         for n in range(state_size):
-            A_n = tl.load(A_ptrs + n * stride_A_n, mask=d_mask, other=0.0)
-            B_n = tl.load(B_base + n * stride_bc_n + bc_offs)
-            C_n = tl.load(C_base + n * stride_bc_n + bc_offs)
-            h_start = tl.load(state_in + n * stride_states_n, mask=d_mask, other=0.0)
-            adjoint_end = tl.load(adjoint_in + n * stride_adjoint_n, mask=d_mask, other=0.0)
+            A_n, B_n, C_n, h_start = next_inputs
+            adjoint_end = next_adjoint_end
+            n_next = tl.minimum(n + 1, state_size - 1)
+            next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, n_next,
+                                             stride_A_n, stride_bc_n, stride_states_n, d_mask)
+            next_adjoint_end = tl.load(adjoint_in + n_next * stride_adjoint_n, mask=d_mask, other=0.0,
+                                       volatile=True)
             log2_decay = delta * (A_n * LOG2E)[:, None]
             if HAS_SEQ_IDX:
                 log2_decay += log_keep
@@ -249,9 +269,10 @@ def _selective_scan_bwd_kernel(
         if DELTA_SOFTPLUS:
             ddelta *= tl.sigmoid(delta_in)
         ddelta = tl.where(tile_mask, ddelta, 0.0)
-        ddelta_bias += tl.sum(ddelta, axis=1)
-        dD += tl.sum(dout * u, axis=1)
+        if HAS_DELTA_BIAS:
+            ddelta_bias += tl.sum(ddelta, axis=1)
         if HAS_D:
+            dD += tl.sum(dout * u, axis=1)
             du += skip * dout
         tl.store(du_ptr + batch * stride_du_b + d_offs[:, None] * stride_du_d + t_offs[None, :],
                  du.to(du_ptr.dtype.element_ty), mask=tile_mask)
@@ -270,8 +291,10 @@ def _selective_scan_bwd_kernel(
 
     tl.store(dA_ptr + batch * stride_dA_b + d_offs[:, None] * stride_dA_d + state_cols, dA,
              mask=d_mask[:, None] & (state_cols < state_size))
-    tl.store(dD_ptr + batch * stride_dD_b + d_offs, dD, mask=d_mask)
-    tl.store(ddelta_bias_ptr + batch * stride_dD_b + d_offs, ddelta_bias, mask=d_mask)
+    if HAS_D:
+        tl.store(dD_ptr + batch * stride_dD_b + d_offs, dD, mask=d_mask)
+    if HAS_DELTA_BIAS:
+        tl.store(ddelta_bias_ptr + batch * stride_dD_b + d_offs, ddelta_bias, mask=d_mask)
 
 
 def _tile_config(channels: int, channels_per_group: int, length: int) -> tuple[int, int, int]:
