@@ -87,6 +87,19 @@ def test_conv_final_state_of_sequence_shorter_than_window():
     _assert_matches(tensors, torch.float32, activation="silu", seq_idx=seq_idx, return_final_state=True)
 
 
+@pytest.mark.parametrize("used_output", [0, 1])
+def test_conv_gradient_through_one_output(used_output):
+    """With return_final_state, a loss on y alone or on the final state alone (the other gets no grad)."""
+    tensors = _make_inputs(2, 5, 7, 3, torch.float32, initial_state=True)
+    grads = []
+    for fn in (reference.causal_conv1d, conv_kernels.causal_conv1d):
+        leaves = {name: t.detach().clone().requires_grad_() for name, t in tensors.items()}
+        fn(**leaves, activation="silu", return_final_state=True)[used_output].pow(2).sum().backward()
+        grads.append({name: torch.zeros_like(t) if t.grad is None else t.grad for name, t in leaves.items()})
+    for name, ref in grads[0].items():
+        torch.testing.assert_close(grads[1][name], ref, **TOLERANCES[torch.float32], msg=lambda m: f"{name}: {m}")
+
+
 def test_conv_non_dense_channel_slice_bf16():
     """x is a channel slice of a wider (b, l, d) buffer: neither contiguous nor dense."""
     wide = torch.randn(2, 10, 16, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2)

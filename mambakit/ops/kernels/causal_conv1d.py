@@ -328,7 +328,7 @@ def _conv_backward(x, weight, bias, initial_state, seq_idx, silu, grad_y, grad_f
         HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, HAS_SEQ=seq_idx is not None,
         SILU=silu, HAS_DFINAL=has_dfinal, num_warps=TRAINING_NUM_WARPS,
     )
-    grad_weight = dweight_partial.sum(0).t().to(weight.dtype)
+    grad_weight = dweight_partial.sum(0).t().to(weight.dtype, memory_format=torch.contiguous_format)
     grad_bias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else None
     return grad_x, grad_weight, grad_bias, grad_init
 
