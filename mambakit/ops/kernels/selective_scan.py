@@ -336,7 +336,8 @@ def _log_keep(seq_idx: torch.Tensor, padded_length: int) -> torch.Tensor:
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, return_final_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, return_final_state,
+                grad_enabled):
         batch, channels, length = u.shape
         state_size = A.shape[1]
         groups = 1 if B.dim() == 3 else B.shape[1]
@@ -352,7 +353,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
         log_keep = None if seq_idx is None else _log_keep(seq_idx, padded_length)
 
-        needs_backward = any(ctx.needs_input_grad[:9])
+        needs_backward = grad_enabled and any(ctx.needs_input_grad[:9])
         num_slots = num_chunks + 1 if needs_backward else 2
         states = u.new_empty(batch, num_slots, state_size, channels, dtype=torch.float32)
         if initial_state is None:
@@ -360,7 +361,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         else:
             states[:, 0] = initial_state.transpose(1, 2)
         y = torch.empty_like(u)
-        placeholder = A32
+        placeholder = A32  # passed for absent optional inputs; the kernel never reads it
         grid = (triton.cdiv(channels, block_d), batch)
         _selective_scan_fwd_kernel[grid](
             u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
@@ -380,7 +381,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.config = (block_d, chunk, num_warps)
             ctx.delta_softplus = bool(delta_softplus)
             ctx.input_meta = (B.shape, B.dtype, C.dtype, A.dtype, None if D is None else D.dtype,
-                              None if delta_bias is None else delta_bias.dtype, initial_state is not None)
+                              None if delta_bias is None else delta_bias.dtype,
+                              None if initial_state is None else initial_state.dtype)
         if not return_final_state:
             return y
         final_state = states[:, num_chunks % num_slots].transpose(1, 2).contiguous()
@@ -390,7 +392,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dy, dfinal_state=None):
         u, delta, A32, B32, C32, D32, z, bias32, log_keep, states = ctx.saved_tensors
         block_d, chunk, num_warps = ctx.config
-        B_shape, B_dtype, C_dtype, A_dtype, D_dtype, bias_dtype, has_initial_state = ctx.input_meta
+        B_shape, B_dtype, C_dtype, A_dtype, D_dtype, bias_dtype, initial_dtype = ctx.input_meta
         batch, channels, length = u.shape
         state_size = A32.shape[1]
         groups = B32.shape[1]
@@ -438,9 +440,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         dA = dA_per_batch.sum(0).to(A_dtype)
         dD = None if D_dtype is None else dD_per_batch.sum(0).to(D_dtype)
         dbias = None if bias_dtype is None else dbias_per_batch.sum(0).to(bias_dtype)
-        dinitial = adjoint[:, 0].transpose(1, 2).contiguous() if has_initial_state else None
+        dinitial = None if initial_dtype is None else adjoint[:, 0].transpose(1, 2).to(initial_dtype, copy=True)
         return (du, ddelta, dA, projection_grad(dB32, B_dtype), projection_grad(dC32, C_dtype), dD, dz, dbias,
-                dinitial, None, None, None)
+                dinitial, None, None, None, None)
 
 
 def selective_scan(
@@ -456,4 +458,5 @@ def selective_scan(
     """
     return _SelectiveScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, return_final_state,
+        torch.is_grad_enabled(),
     )
