@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from mambakit.ops import reference
 from mambakit.ops.kernels.ssd import ssd_scan
 
-TOLERANCES = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+TOLERANCES = {
+    torch.float32: dict(rtol=6e-4, atol=2e-3),
+    torch.bfloat16: dict(rtol=3e-2, atol=5e-2),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+}
 DIFFERENTIABLE = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
 
@@ -114,6 +118,11 @@ def test_matches_reference(case, dtype):
     if spec.get("packed"):
         options["seq_idx"] = packed_seq_idx(spec["shape"][1])
     assert_matches_reference(tensors, options, dtype, final_state_grad=True)
+
+
+def test_fp16_inputs():
+    tensors = make_inputs(2, 40, 4, 2, 16, 16, dtype=torch.float16, D="head", z=True, dt_bias=True, dt_softplus=True)
+    assert_matches_reference(tensors, dict(chunk_size=16, dt_softplus=True), torch.float16)
 
 
 def test_clamp_is_active_in_limit_case():

@@ -202,7 +202,7 @@ def _chunk_input_grad_kernel(
 @triton.jit
 def _chunk_C_grad_kernel(
     x_ptr, dy_ptr, B_ptr, C_ptr, dt_ptr, log_decay_ptr, seg_ptr, states_ptr,
-    dC_partial_ptr, output_grad_dot_ptr,
+    dC_partial_ptr, dy_dot_y_ptr,
     length, heads, heads_per_group, heads_per_program, head_dim, state_dim, padded_len, n_chunks,
     stride_x_b, stride_x_l, stride_x_h, stride_x_p,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
@@ -214,7 +214,7 @@ def _chunk_C_grad_kernel(
     """One block of BLOCK_M output positions t of one chunk, for heads_per_program heads of one group.
 
     Writes dC_partial (b, l, h / heads_per_program, n) = dC summed over this program's heads, and
-    output_grad_dot (b, h, lq) = C_t·dC_t of each head alone, which equals dy_t·y_t (y without D).
+    dy_dot_y (b, h, lq) = C_t·dC_t of each head alone, which equals dy_t·y_t (y without D).
     """
     blocks_per_chunk = CHUNK // BLOCK_M
     chunk_idx = tl.program_id(0) // blocks_per_chunk
@@ -271,7 +271,7 @@ def _chunk_C_grad_kernel(
             dy_x = matmul(dy_t, x_s, DOT_DTYPE, PRECISION)  # (T, S) = dy_t·x_s
             head_dC += matmul(dy_x * decay * dt_s[None, :], B_s, DOT_DTYPE, PRECISION)
 
-        tl.store(output_grad_dot_ptr + scalars + offs_t, tl.sum(head_dC * C_t, axis=1), mask=t_ok)
+        tl.store(dy_dot_y_ptr + scalars + offs_t, tl.sum(head_dC * C_t, axis=1), mask=t_ok)
         dC += head_dC
 
     dC_row = (batch_idx * length + pos_t) * programs_per_row + tl.program_id(1) % programs_per_row
@@ -280,7 +280,7 @@ def _chunk_C_grad_kernel(
 
 @triton.jit
 def _dt_backward_kernel(
-    dt_raw_ptr, A_ptr, dt_bias_ptr, dt_ptr, dt_direct_grad_ptr, output_grad_dot_ptr, decay_grad_ptr,
+    dt_raw_ptr, A_ptr, dt_bias_ptr, dt_ptr, dt_direct_grad_ptr, dy_dot_y_ptr, decay_grad_ptr,
     ddt_ptr, dA_partial_ptr,
     length, heads, padded_len, n_chunks, dt_min, dt_max,
     stride_dt_b, stride_dt_l, stride_dt_h,
@@ -290,7 +290,7 @@ def _dt_backward_kernel(
     """One chunk × BLOCK_H heads. Writes ddt (b, l, h) fp32, the gradient of the raw dt input, and
     dA_partial (b, c, h) = Σ_t dt_t · d(dt_t A) over the chunk.
 
-    d ℓ_t = output_grad_dot_t - dt_t · dt_direct_grad_t; d(dt_s A) = Σ_{t >= s} d ℓ_t + decay_grad (the
+    d ℓ_t = dy_dot_y_t - dt_t · dt_direct_grad_t; d(dt_s A) = Σ_{t >= s} d ℓ_t + decay_grad (the
     loss's derivative by ℓ_last through the state leaving the chunk, which every ℓ_t for t <= last feeds).
     """
     chunk_idx = tl.program_id(0)
@@ -303,7 +303,7 @@ def _dt_backward_kernel(
     scalar_offs = (batch_idx * heads + offs_h[None, :]) * padded_len + pos[:, None]
     dt = tl.load(dt_ptr + scalar_offs, mask=valid, other=0.0)
     dt_direct_grad = tl.load(dt_direct_grad_ptr + scalar_offs, mask=valid, other=0.0)
-    log_decay_grad = tl.load(output_grad_dot_ptr + scalar_offs, mask=valid, other=0.0) - dt * dt_direct_grad
+    log_decay_grad = tl.load(dy_dot_y_ptr + scalar_offs, mask=valid, other=0.0) - dt * dt_direct_grad
     decay_grad = tl.load(decay_grad_ptr + (batch_idx * heads + offs_h) * n_chunks + chunk_idx, mask=head_ok, other=0.0)
     dA_dt_grad = tl.cumsum(log_decay_grad, axis=0, reverse=True) + decay_grad[None, :]
     A = tl.load(A_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)
@@ -345,20 +345,63 @@ def ssd_backward(dout, final_state_grad, saved: ForwardResult, x, dt, A, B, C, g
 
     ``saved`` is the forward's result, with y_ungated present when z is given.
     """
-    device = x.device
-    fp32 = dict(device=device, dtype=torch.float32)
-    dz = None
-    if z is not None:
-        dy = torch.empty_like(saved.y_ungated)
-        dz = torch.empty(z.shape, device=device, dtype=z.dtype)
-        block_l = 64
-        _gate_backward_kernel[(triton.cdiv(geo.length, block_l), geo.batch * geo.heads)](
-            dout, z, saved.y_ungated, dy, dz, geo.length, geo.heads, geo.head_dim, *dout.stride(), *z.stride(),
-            BLOCK_L=block_l, BLOCK_P=geo.block_p, num_warps=4,
-        )
-    else:
-        dy = dout
+    fp32 = dict(device=x.device, dtype=torch.float32)
+    dy, dz = _ungated_output_grad(dout, z, saved, geo)
+    state_grads, dinitial_state, decay_grad = _state_grads(dy, C, final_state_grad, saved, geo, seg)
 
+    programs_per_row = geo.heads // geo.heads_per_program
+    common = (geo.length, geo.heads, geo.heads_per_group, geo.heads_per_program, geo.head_dim, geo.state_dim,
+              geo.padded_len, geo.n_chunks, *x.stride(), *dy.stride(), *B.stride(), *C.stride())
+    shared_meta = dict(CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, HAS_SEQ_IDX=seg is not None,
+                       DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision)
+    input_tiles = geo.quadratic_tiles("chunk_input_grad")
+    blocks = geo.n_chunks * (geo.chunk // input_tiles["BLOCK_M"])
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    dt_direct_grad = torch.empty_like(saved.dt)
+    dB_partial = torch.empty(geo.batch, geo.length, programs_per_row, geo.state_dim, **fp32)
+    dD_partial = torch.empty(geo.batch, blocks, geo.heads, geo.head_dim, **fp32) if D is not None else None
+    _chunk_input_grad_kernel[(blocks, geo.batch * programs_per_row)](
+        x, dy, B, C, D, saved.dt, saved.log_decay, seg, state_grads, dx, dt_direct_grad, dB_partial, dD_partial,
+        *common, HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, **shared_meta, **input_tiles,
+    )
+    dC_partial = torch.empty_like(dB_partial)
+    dy_dot_y = torch.empty_like(saved.dt)
+    C_tiles = geo.quadratic_tiles("chunk_C_grad")
+    _chunk_C_grad_kernel[(geo.n_chunks * (geo.chunk // C_tiles["BLOCK_M"]), geo.batch * programs_per_row)](
+        x, dy, B, C, saved.dt, saved.log_decay, seg, saved.states, dC_partial, dy_dot_y, *common,
+        **shared_meta, **C_tiles,
+    )
+    ddt, dA = _dt_grads(dt, A, dt_bias, dt_softplus, dt_limit, saved, dt_direct_grad, dy_dot_y, decay_grad, geo)
+
+    per_group = (geo.batch, geo.length, geo.groups, programs_per_row // geo.groups, geo.state_dim)
+    dD = None
+    if D is not None:
+        dD = dD_partial.sum((0, 1))
+        dD = dD if D.dim() == 2 else dD.sum(-1)
+    return Gradients(
+        dx=dx, ddt=ddt, dA=dA, dB=dB_partial.view(per_group).sum(3), dC=dC_partial.view(per_group).sum(3),
+        dD=dD, dz=dz, ddt_bias=ddt.sum((0, 1)) if dt_bias is not None else None, dinitial_state=dinitial_state,
+    )
+
+
+def _ungated_output_grad(dout, z, saved: ForwardResult, geo: ScanGeometry):
+    """(dy, dz): the gradient of y before the silu(z) gate, and z's gradient (None without z)."""
+    if z is None:
+        return dout, None
+    dy = torch.empty_like(saved.y_ungated)
+    dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    block_l = 64
+    _gate_backward_kernel[(triton.cdiv(geo.length, block_l), geo.batch * geo.heads)](
+        dout, z, saved.y_ungated, dy, dz, geo.length, geo.heads, geo.head_dim, *dout.stride(), *z.stride(),
+        BLOCK_L=block_l, BLOCK_P=geo.block_p, num_warps=4,
+    )
+    return dy, dz
+
+
+def _state_grads(dy, C, final_state_grad, saved: ForwardResult, geo: ScanGeometry, seg):
+    """(G (b, c + 1, h, p, n): slot k the gradient of the state leaving chunk k; the initial state's
+    gradient (b, h, p, n); the loss's derivative by each chunk's total log-decay (b, h, c))."""
+    fp32 = dict(device=dy.device, dtype=torch.float32)
     state_grads = torch.empty_like(saved.states)
     _chunk_state_kernel[(geo.n_chunks, geo.batch * geo.heads)](
         dy, C, saved.dt, saved.log_decay, seg, state_grads,
@@ -376,48 +419,21 @@ def ssd_backward(dout, final_state_grad, saved: ForwardResult, x, dt, A, B, C, g
         geo.heads, geo.n_chunks, geo.state_size,
         BLOCK=geo.state_block, HAS_FINAL_STATE_GRAD=final_state_grad is not None, num_warps=4,
     )
+    return state_grads, dinitial_state, decay_grad.sum(0)
 
-    programs_per_row = geo.heads // geo.heads_per_program
-    common = (geo.length, geo.heads, geo.heads_per_group, geo.heads_per_program, geo.head_dim, geo.state_dim,
-              geo.padded_len, geo.n_chunks, *x.stride(), *dy.stride(), *B.stride(), *C.stride())
-    shared_meta = dict(CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, HAS_SEQ_IDX=seg is not None,
-                       DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision)
-    input_tiles = geo.quadratic_tiles("chunk_input_grad")
-    blocks = geo.n_chunks * (geo.chunk // input_tiles["BLOCK_M"])
-    dx = torch.empty(x.shape, device=device, dtype=x.dtype)
-    dt_direct_grad = torch.empty_like(saved.dt)
-    dB_partial = torch.empty(geo.batch, geo.length, programs_per_row, geo.state_dim, **fp32)
-    dD_partial = torch.empty(geo.batch, blocks, geo.heads, geo.head_dim, **fp32) if D is not None else None
-    _chunk_input_grad_kernel[(blocks, geo.batch * programs_per_row)](
-        x, dy, B, C, D, saved.dt, saved.log_decay, seg, state_grads, dx, dt_direct_grad, dB_partial, dD_partial,
-        *common, HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, **shared_meta, **input_tiles,
-    )
-    dC_partial = torch.empty_like(dB_partial)
-    output_grad_dot = torch.empty_like(saved.dt)
-    C_tiles = geo.quadratic_tiles("chunk_C_grad")
-    _chunk_C_grad_kernel[(geo.n_chunks * (geo.chunk // C_tiles["BLOCK_M"]), geo.batch * programs_per_row)](
-        x, dy, B, C, saved.dt, saved.log_decay, seg, saved.states, dC_partial, output_grad_dot, *common,
-        **shared_meta, **C_tiles,
-    )
 
+def _dt_grads(dt, A, dt_bias, dt_softplus, dt_limit, saved: ForwardResult, dt_direct_grad, dy_dot_y, decay_grad,
+              geo: ScanGeometry):
+    """(ddt (b, l, h) fp32 for the raw dt input, dA (h,) fp32)."""
+    fp32 = dict(device=dt.device, dtype=torch.float32)
     ddt = torch.empty(geo.batch, geo.length, geo.heads, **fp32)
     dA_partial = torch.empty(geo.batch, geo.n_chunks, geo.heads, **fp32)
-    dt_grid, dt_strides = dt_launch_args(dt, geo)
-    _dt_backward_kernel[dt_grid](
-        dt, A, dt_bias, saved.dt, dt_direct_grad, output_grad_dot, decay_grad.sum(0), ddt, dA_partial,
+    grid, dt_strides = dt_launch_args(dt, geo)
+    _dt_backward_kernel[grid](
+        dt, A, dt_bias, saved.dt, dt_direct_grad, dy_dot_y, decay_grad, ddt, dA_partial,
         geo.length, geo.heads, geo.padded_len, geo.n_chunks,
         *(dt_limit if dt_limit is not None else (0.0, 0.0)), *dt_strides,
         CHUNK=geo.chunk, BLOCK_H=geo.block_h, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
         HAS_DT_LIMIT=dt_limit is not None, num_warps=4,
     )
-
-    per_group = (geo.batch, geo.length, geo.groups, programs_per_row // geo.groups, geo.state_dim)
-    dD = None
-    if D is not None:
-        dD = dD_partial.sum((0, 1))
-        dD = dD if D.dim() == 2 else dD.sum(-1)
-    return Gradients(
-        dx=dx, ddt=ddt, dA=dA_partial.sum((0, 1)), dB=dB_partial.view(per_group).sum(3),
-        dC=dC_partial.view(per_group).sum(3), dD=dD, dz=dz,
-        ddt_bias=ddt.sum((0, 1)) if dt_bias is not None else None, dinitial_state=dinitial_state,
-    )
+    return ddt, dA_partial.sum((0, 1))
