@@ -124,13 +124,13 @@ def _selective_scan_fwd_kernel(
         state_out = states_base + ((chunk + 1) % num_state_slots) * stride_states_slot
 
         y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0,
-                                         stride_A_n, stride_bc_n, stride_states_n, d_mask)
+        A_next, B_next, C_next, h_start_next = _load_state_inputs(
+            A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0, stride_A_n, stride_bc_n, stride_states_n, d_mask)
         for n in range(state_size):
-            A_n, B_n, C_n, h_start = next_inputs
-            next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in,
-                                             tl.minimum(n + 1, state_size - 1),
-                                             stride_A_n, stride_bc_n, stride_states_n, d_mask)
+            A_n, B_n, C_n, h_start = A_next, B_next, C_next, h_start_next
+            A_next, B_next, C_next, h_start_next = _load_state_inputs(
+                A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, tl.minimum(n + 1, state_size - 1),
+                stride_A_n, stride_bc_n, stride_states_n, d_mask)
             log2_decay = delta * (A_n * LOG2E)[:, None]
             if HAS_SEQ_IDX:
                 log2_decay += log_keep
@@ -224,15 +224,16 @@ def _selective_scan_bwd_kernel(
 
         ddelta_u = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         ddelta_decay = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0,
-                                         stride_A_n, stride_bc_n, stride_states_n, d_mask)
+        A_next, B_next, C_next, h_start_next = _load_state_inputs(
+            A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0, stride_A_n, stride_bc_n, stride_states_n, d_mask)
         next_adjoint_end = tl.load(adjoint_in, mask=d_mask, other=0.0)
         for n in range(state_size):
-            A_n, B_n, C_n, h_start = next_inputs
+            A_n, B_n, C_n, h_start = A_next, B_next, C_next, h_start_next
             adjoint_end = next_adjoint_end
             n_next = tl.minimum(n + 1, state_size - 1)
-            next_inputs = _load_state_inputs(A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, n_next,
-                                             stride_A_n, stride_bc_n, stride_states_n, d_mask)
+            A_next, B_next, C_next, h_start_next = _load_state_inputs(
+                A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, n_next,
+                stride_A_n, stride_bc_n, stride_states_n, d_mask)
             next_adjoint_end = tl.load(adjoint_in + n_next * stride_adjoint_n, mask=d_mask, other=0.0,
                                        volatile=True)
             log2_decay = delta * (A_n * LOG2E)[:, None]
