@@ -66,13 +66,13 @@ class RowText:
         return piece
 
     def _held_back(self) -> int:
-        """Characters at the end that may still change: an incomplete UTF-8 character or a stop-string prefix."""
-        if self.text.endswith("\ufffd"):
-            return 1
+        """Characters at the end that may still change: an incomplete UTF-8 character or a stop-string prefix
+        (the longer of the two, since a stop string may itself hold a replacement character)."""
+        incomplete = 1 if self.text.endswith("\ufffd") else 0
         for size in range(min(max((len(s) for s in self.stop), default=0), len(self.text)), 0, -1):
             if any(s.startswith(self.text[-size:]) for s in self.stop):
-                return size
-        return 0
+                return max(size, incomplete)
+        return incomplete
 
     def flush(self) -> str:
         piece = self.text[self.emitted:]
