@@ -102,7 +102,7 @@ def cmd_doctor(args) -> int:
 
 
 # Rooms that add their own subcommands: each module has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("mambakit.bench.commands", "mambakit.chat.commands")
+COMMAND_MODULES: tuple[str, ...] = ("mambakit.bench.commands", "mambakit.chat.commands", "mambakit.serve.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,17 +41,23 @@ class ChatSessionError(UserError):
 
 @dataclass
 class TurnStats:
-    """What one turn cost: tokens fed before the reply, reply tokens, and the time of each phase."""
+    """What one turn cost: tokens fed before the reply, the reply's token ids, and the time of each phase."""
 
     prompt_tokens: int
-    reply_tokens: int
+    reply_ids: list[int]  # every token decoded (including an end-of-text or stop-string token)
     prefill_seconds: float
     decode_seconds: float
     finish_reason: str  # "stop", "length" or "interrupted"
 
     @property
+    def reply_tokens(self) -> int:
+        return len(self.reply_ids)
+
+    @property
     def tokens_per_second(self) -> float | None:
-        return self.reply_tokens / self.decode_seconds if self.decode_seconds > 0 and self.reply_tokens else None
+        """Decode speed after the first token (which the prefill time covers)."""
+        steps = self.reply_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else None
 
 
 class ChatSession:
@@ -129,12 +135,12 @@ class ChatSession:
         tokenizer, params = self.generator.tokenizer, self.params
         row = RowText(tokenizer, list(params.stop) + list(self.template.stop),
                       None if params.ignore_eos else tokenizer.eos_token_id)
-        steps, first_token_at = 0, None
+        reply_ids, first_token_at = [], None
         try:
             for tokens in self.generator.decode([prompt_ids[-1:]], params, self.state.clone(), [self.fed_ids]):
-                steps += 1
+                reply_ids.append(int(tokens[0]))
                 first_token_at = first_token_at or time.perf_counter()
-                piece = row.add(int(tokens[0]))
+                piece = row.add(reply_ids[-1])
                 if piece:
                     yield piece
                 if row.finish_reason:
@@ -149,7 +155,7 @@ class ChatSession:
             reply = row.text if row.finish_reason else row.text[:row.emitted]
             self._commit(messages, prompt_ids, reply)
             first_token_at = first_token_at or finished
-            self.last_turn = TurnStats(len(prompt_ids), steps, first_token_at - started, finished - first_token_at,
+            self.last_turn = TurnStats(len(prompt_ids), reply_ids, first_token_at - started, finished - first_token_at,
                                        row.finish_reason or "interrupted")
 
     def _commit(self, messages: list[dict], prompt_ids: list[int], reply: str) -> None:
