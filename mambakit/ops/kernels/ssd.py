@@ -77,7 +77,8 @@ def ssd_scan(
 
     x: (b, l, h, p); dt: (b, l, h); A: (h,); B, C: (b, l, g, n) with g dividing h; D: (h,) or (h, p);
     z: (b, l, h, p); dt_bias: (h,); initial_state: (b, h, p, n); seq_idx: (b, l) int.
-    ``chunk_size`` (a power of two >= 16) tiles the work and does not change the result.
+    ``chunk_size`` tiles the work and does not change the result; the kernels round it up to a power of
+    two >= 16 (a checkpoint's chunk_size of 8, say, runs with 16-step chunks).
     Returns y (b, l, h, p) in x's dtype and, with ``return_final_state``, the state (b, h, p, n) fp32.
     Differentiable in every tensor input and in the returned final state.
     """
@@ -85,7 +86,8 @@ def ssd_scan(
     lo, hi = (float(v) for v in dt_limit)
     limit = None if (lo, hi) == (0.0, math.inf) else (lo, hi)
     y, final_state = _SSDScanFunction.apply(
-        x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, chunk_size, dt_softplus, limit,
+        x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, max(16, 1 << (int(chunk_size) - 1).bit_length()),
+        dt_softplus, limit,
     )
     return (y, final_state) if return_final_state else y
 
