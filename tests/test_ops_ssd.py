@@ -106,6 +106,10 @@ CPU_CASES = {
         inputs=dict(D="head", z=True, dt_bias=True, dt_softplus=True, initial_state=True),
         options=dict(dt_softplus=True), packed=True),
     "odd_dims": dict(shape=(1, 45, 6, 3, 12, 20), chunk=16, inputs=dict(D="channel", z=True), options={}),
+    # chunks of several row blocks (fp32 tiles are 32 positions, bf16 ones 64 with 32-wide inner tiles)
+    "multi_block_chunks": dict(
+        shape=(2, 150, 2, 1, 16, 16), chunk=128, inputs=dict(D="head", z=True, initial_state=True), options={},
+        packed=True),
 }
 
 
@@ -163,12 +167,12 @@ def test_only_final_state_used_and_strided_inputs():
         torch.testing.assert_close(grad, grad_ref, **TOLERANCES[torch.float32])
 
 
-def test_forward_without_grad_and_input_checks():
+def test_forward_without_grad_any_chunk_size_and_input_checks():
+    """Without autograd; chunk sizes that are not powers of two >= 16 are rounded up by the kernels."""
     tensors = {k: v.detach() for k, v in make_inputs(1, 20, 2, 1, 16, 16, z=True).items()}
-    y = ssd_scan(**tensors, chunk_size=16)
-    torch.testing.assert_close(y, reference.ssd_scan(**tensors), **TOLERANCES[torch.float32])
-    with pytest.raises(ValueError, match="power of two"):
-        ssd_scan(**tensors, chunk_size=24)
+    expected = reference.ssd_scan(**tensors)
+    for chunk_size in (8, 24):
+        torch.testing.assert_close(ssd_scan(**tensors, chunk_size=chunk_size), expected, **TOLERANCES[torch.float32])
     with pytest.raises(ValueError, match="dt has shape"):
         ssd_scan(**dict(tensors, dt=tensors["dt"][:, :10]), chunk_size=16)
 

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from mambakit.ops.kernels.ssd_common import (
-    ScanGeometry, chunk_segment_bounds, matmul, sigmoid, softplus,
+    ScanGeometry, chunk_extent, chunk_segment_bounds, matmul, sigmoid, softplus,
 )
 from mambakit.ops.kernels.ssd_forward import ForwardResult, _chunk_state_kernel, dt_launch_args
 
@@ -48,18 +48,22 @@ def _gate_backward_kernel(
     """BLOCK_L positions of one batch × head. dy, dz: (b, l, h, p) contiguous, like y_ungated."""
     batch_idx = (tl.program_id(1) // heads).to(tl.int64)
     head_idx = tl.program_id(1) % heads
-    pos = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_L
+    offs_l = tl.arange(0, BLOCK_L)
     offs_p = tl.arange(0, BLOCK_P)
-    mask = (pos < length)[:, None] & (offs_p < head_dim)[None, :]
-    dout = tl.load(dout_ptr + batch_idx * stride_dout_b + head_idx * stride_dout_h + pos[:, None] * stride_dout_l
-                   + offs_p[None, :] * stride_dout_p, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + batch_idx * stride_z_b + head_idx * stride_z_h + pos[:, None] * stride_z_l
-                + offs_p[None, :] * stride_z_p, mask=mask, other=0.0).to(tl.float32)
-    offs = ((batch_idx * length + pos[:, None]) * heads + head_idx) * head_dim + offs_p[None, :]
-    y_ungated = tl.load(y_ungated_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mask = (offs_l < length - block_start)[:, None] & (offs_p < head_dim)[None, :]
+    dout_block = dout_ptr + batch_idx * stride_dout_b + block_start * stride_dout_l + head_idx * stride_dout_h
+    dout = tl.load(dout_block + offs_l[:, None] * stride_dout_l + offs_p[None, :] * stride_dout_p,
+                   mask=mask, other=0.0).to(tl.float32)
+    z_block = z_ptr + batch_idx * stride_z_b + block_start * stride_z_l + head_idx * stride_z_h
+    z = tl.load(z_block + offs_l[:, None] * stride_z_l + offs_p[None, :] * stride_z_p,
+                mask=mask, other=0.0).to(tl.float32)
+    block = ((batch_idx * length + block_start) * heads + head_idx) * head_dim
+    offs = offs_l[:, None] * (heads * head_dim) + offs_p[None, :]
+    y_ungated = tl.load(y_ungated_ptr + block + offs, mask=mask, other=0.0).to(tl.float32)
     gate = sigmoid(z)
-    tl.store(dy_ptr + offs, dout * z * gate, mask=mask)
-    tl.store(dz_ptr + offs, dout * y_ungated * gate * (1.0 + z * (1.0 - gate)), mask=mask)
+    tl.store(dy_ptr + block + offs, dout * z * gate, mask=mask)
+    tl.store(dz_ptr + block + offs, dout * y_ungated * gate * (1.0 + z * (1.0 - gate)), mask=mask)
 
 
 @triton.jit
@@ -76,26 +80,28 @@ def _state_passing_backward_kernel(
     initial_state_grad (b, h, p, n) = G_{-1}. decay_grad (tiles, b, h, c) = this tile's part of
     <G_k, state leaving chunk k> with states (b, c + 1, h, p, n) from the forward.
     """
+    row = tl.program_id(1).to(tl.int64)  # batch × head
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    batch_idx = (tl.program_id(1) // heads).to(tl.int64)
-    head_idx = tl.program_id(1) % heads
     in_state = offs < state_size
-    slot_offs = (batch_idx * (n_chunks + 1) * heads + head_idx) * state_size + offs
     if HAS_FINAL_STATE_GRAD:
-        grad = tl.load(final_state_grad_ptr + tl.program_id(1).to(tl.int64) * state_size + offs,
-                       mask=in_state, other=0.0)
+        grad = tl.load(final_state_grad_ptr + row * state_size + offs, mask=in_state, other=0.0)
     else:
         grad = tl.zeros((BLOCK,), dtype=tl.float32)
-    decay_grads = decay_grad_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * n_chunks
+    chunk_stride = heads * state_size
+    last_slot = (((row // heads) * (n_chunks + 1) + n_chunks - 1) * heads + row % heads) * state_size
+    grad_slot = state_grads_ptr + last_slot + offs
+    leaving_state = states_ptr + last_slot + chunk_stride + offs
+    decay_grads = decay_grad_ptr + (tl.program_id(0) * tl.num_programs(1) + row) * n_chunks
     for step in range(n_chunks):
         chunk_idx = n_chunks - 1 - step
-        slot = slot_offs + chunk_idx * heads * state_size
-        entering_grad = tl.load(state_grads_ptr + slot, mask=in_state, other=0.0)
-        tl.store(state_grads_ptr + slot, grad, mask=in_state)
-        leaving = tl.load(states_ptr + slot + heads * state_size, mask=in_state, other=0.0)
+        entering_grad = tl.load(grad_slot, mask=in_state, other=0.0)
+        tl.store(grad_slot, grad, mask=in_state)
+        leaving = tl.load(leaving_state, mask=in_state, other=0.0)
         tl.store(decay_grads + chunk_idx, tl.sum(grad * leaving, axis=0))
-        grad = entering_grad + tl.load(chunk_decay_ptr + tl.program_id(1) * n_chunks + chunk_idx) * grad
-    tl.store(initial_state_grad_ptr + tl.program_id(1).to(tl.int64) * state_size + offs, grad, mask=in_state)
+        grad = entering_grad + tl.load(chunk_decay_ptr + row * n_chunks + chunk_idx) * grad
+        grad_slot -= chunk_stride
+        leaving_state -= chunk_stride
+    tl.store(initial_state_grad_ptr + row * state_size + offs, grad, mask=in_state)
 
 
 @triton.jit
@@ -116,6 +122,7 @@ def _chunk_input_grad_kernel(
     Writes dx (b, l, h, p) in x's dtype; dt_direct_grad (b, h, lq) = x_s·dx_s / dt_s without the D
     term (the dt gradient through the input scaling, not the decay); dB_partial (b, l, h / heads_per_program,
     n) = dB summed over this program's heads; dD_partial (b, programs along axis 0, h, p) = Σ_s dy_s x_s.
+    Positions are counted from the chunk start (s, t < CHUNK).
     """
     blocks_per_chunk = CHUNK // BLOCK_M
     chunk_idx = tl.program_id(0) // blocks_per_chunk
@@ -124,45 +131,46 @@ def _chunk_input_grad_kernel(
     batch_idx = (tl.program_id(1) // programs_per_row).to(tl.int64)
     first_head = (tl.program_id(1) % programs_per_row) * heads_per_program
     group_idx = first_head // heads_per_group
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_s = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    pos_s = chunk_idx * CHUNK + offs_s
-    s_ok = pos_s < length
+    s_ok = offs_s < chunk_len
     p_ok = offs_p < head_dim
     n_ok = offs_n < state_dim
     io_mask = s_ok[:, None] & p_ok[None, :]
-    C_base = C_ptr + batch_idx * stride_C_b + group_idx * stride_C_g
-    B_s = tl.load(B_ptr + batch_idx * stride_B_b + group_idx * stride_B_g + pos_s[:, None] * stride_B_l
-                  + offs_n[None, :] * stride_B_n, mask=s_ok[:, None] & n_ok[None, :], other=0.0)  # (S, N)
+    C_chunk = C_ptr + batch_idx * stride_C_b + chunk_start * stride_C_l + group_idx * stride_C_g
+    B_chunk = B_ptr + batch_idx * stride_B_b + chunk_start * stride_B_l + group_idx * stride_B_g
+    B_s = tl.load(B_chunk + offs_s[:, None] * stride_B_l + offs_n[None, :] * stride_B_n,
+                  mask=s_ok[:, None] & n_ok[None, :], other=0.0)  # (S, N)
     if HAS_SEQ_IDX:
-        seg_s = tl.load(seg_ptr + batch_idx * length + pos_s, mask=s_ok, other=-1)
-        _, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
+        seg_chunk = seg_ptr + batch_idx * length + chunk_start
+        seg_s = tl.load(seg_chunk + offs_s, mask=s_ok, other=-1)
+        _, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length)
 
     dB = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for head_offset in range(heads_per_program):
         head_idx = first_head + head_offset
-        scalars = (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
-        x_base = x_ptr + batch_idx * stride_x_b + head_idx * stride_x_h
-        dy_base = dy_ptr + batch_idx * stride_dy_b + head_idx * stride_dy_h
-        x_s = tl.load(x_base + pos_s[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
+        scalars_chunk = (batch_idx * heads + head_idx) * padded_len + chunk_start
+        x_chunk = x_ptr + batch_idx * stride_x_b + chunk_start * stride_x_l + head_idx * stride_x_h
+        dy_chunk = dy_ptr + batch_idx * stride_dy_b + chunk_start * stride_dy_l + head_idx * stride_dy_h
+        x_s = tl.load(x_chunk + offs_s[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
                       mask=io_mask, other=0.0)  # (S, P)
-        dt_s = tl.load(dt_ptr + scalars + offs_s)
-        log_decay_s = tl.load(log_decay_ptr + scalars + offs_s)
+        dt_s = tl.load(dt_ptr + scalars_chunk + offs_s)
+        log_decay_s = tl.load(log_decay_ptr + scalars_chunk + offs_s)
 
         dx = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)  # without the dt_s factor and the D term
         for start in range(block_start, CHUNK, BLOCK_K):
             offs_t = start + tl.arange(0, BLOCK_K)
-            pos_t = chunk_idx * CHUNK + offs_t
-            t_ok = pos_t < length
-            C_t = tl.load(C_base + pos_t[:, None] * stride_C_l + offs_n[None, :] * stride_C_n,
+            t_ok = offs_t < chunk_len
+            C_t = tl.load(C_chunk + offs_t[:, None] * stride_C_l + offs_n[None, :] * stride_C_n,
                           mask=t_ok[:, None] & n_ok[None, :], other=0.0)  # (T, N)
-            dy_t = tl.load(dy_base + pos_t[:, None] * stride_dy_l + offs_p[None, :] * stride_dy_p,
+            dy_t = tl.load(dy_chunk + offs_t[:, None] * stride_dy_l + offs_p[None, :] * stride_dy_p,
                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)  # (T, P)
-            log_decay_t = tl.load(log_decay_ptr + scalars + offs_t)
+            log_decay_t = tl.load(log_decay_ptr + scalars_chunk + offs_t)
             linked = offs_t[None, :] >= offs_s[:, None]
             if HAS_SEQ_IDX:
-                seg_t = tl.load(seg_ptr + batch_idx * length + pos_t, mask=t_ok, other=-2)
+                seg_t = tl.load(seg_chunk + offs_t, mask=t_ok, other=-2)
                 linked = linked & (seg_s[:, None] == seg_t[None, :])
             decay = tl.exp(tl.where(linked, log_decay_t[None, :] - log_decay_s[:, None], float("-inf")))  # (S, T)
             scores = matmul(B_s, tl.trans(C_t), DOT_DTYPE, PRECISION)  # (S, T) = B_s·C_t
@@ -173,17 +181,17 @@ def _chunk_input_grad_kernel(
         state_grad = tl.load(state_grads_ptr + ((batch_idx * (n_chunks + 1) + chunk_idx) * heads + head_idx)
                              * head_dim * state_dim + offs_p[:, None] * state_dim + offs_n[None, :],
                              mask=p_ok[:, None] & n_ok[None, :], other=0.0)  # (P, N)
-        to_end = tl.exp(tl.load(log_decay_ptr + scalars + CHUNK - 1) - log_decay_s)
+        to_end = tl.exp(tl.load(log_decay_ptr + scalars_chunk + CHUNK - 1) - log_decay_s)
         if HAS_SEQ_IDX:
             to_end = tl.where(seg_s == seg_last, to_end, 0.0)
         dx += matmul(B_s, tl.trans(state_grad), DOT_DTYPE, PRECISION) * to_end[:, None]
         dB += matmul(x_s, state_grad, DOT_DTYPE, PRECISION) * (to_end * dt_s)[:, None]
 
         x_s = x_s.to(tl.float32)
-        tl.store(dt_direct_grad_ptr + scalars + offs_s, tl.sum(dx * x_s, axis=1), mask=s_ok)
+        tl.store(dt_direct_grad_ptr + scalars_chunk + offs_s, tl.sum(dx * x_s, axis=1), mask=s_ok)
         dx *= dt_s[:, None]
         if HAS_D:
-            dy_s = tl.load(dy_base + pos_s[:, None] * stride_dy_l + offs_p[None, :] * stride_dy_p,
+            dy_s = tl.load(dy_chunk + offs_s[:, None] * stride_dy_l + offs_p[None, :] * stride_dy_p,
                            mask=io_mask, other=0.0).to(tl.float32)
             if D_PER_CHANNEL:
                 D = tl.load(D_ptr + head_idx * head_dim + offs_p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
@@ -192,11 +200,13 @@ def _chunk_input_grad_kernel(
             dx += D * dy_s
             dD_row = (batch_idx * tl.num_programs(0) + tl.program_id(0)) * heads + head_idx
             tl.store(dD_partial_ptr + dD_row * head_dim + offs_p, tl.sum(dy_s * x_s, axis=0), mask=p_ok)
-        tl.store(dx_ptr + ((batch_idx * length + pos_s[:, None]) * heads + head_idx) * head_dim + offs_p[None, :],
-                 dx, mask=io_mask)
+        dx_chunk = dx_ptr + ((batch_idx * length + chunk_start) * heads + head_idx) * head_dim
+        tl.store(dx_chunk + offs_s[:, None] * (heads * head_dim) + offs_p[None, :], dx, mask=io_mask)
 
-    dB_row = (batch_idx * length + pos_s) * programs_per_row + tl.program_id(1) % programs_per_row
-    tl.store(dB_partial_ptr + dB_row[:, None] * state_dim + offs_n[None, :], dB, mask=s_ok[:, None] & n_ok[None, :])
+    dB_chunk = dB_partial_ptr + ((batch_idx * length + chunk_start) * programs_per_row
+                                 + tl.program_id(1) % programs_per_row) * state_dim
+    tl.store(dB_chunk + offs_s[:, None] * (programs_per_row * state_dim) + offs_n[None, :], dB,
+             mask=s_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -215,6 +225,7 @@ def _chunk_C_grad_kernel(
 
     Writes dC_partial (b, l, h / heads_per_program, n) = dC summed over this program's heads, and
     dy_dot_y (b, h, lq) = C_t·dC_t of each head alone, which equals dy_t·y_t (y without D).
+    Positions are counted from the chunk start (s, t < CHUNK).
     """
     blocks_per_chunk = CHUNK // BLOCK_M
     chunk_idx = tl.program_id(0) // blocks_per_chunk
@@ -223,28 +234,31 @@ def _chunk_C_grad_kernel(
     batch_idx = (tl.program_id(1) // programs_per_row).to(tl.int64)
     first_head = (tl.program_id(1) % programs_per_row) * heads_per_program
     group_idx = first_head // heads_per_group
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_t = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    pos_t = chunk_idx * CHUNK + offs_t
-    t_ok = pos_t < length
+    t_ok = offs_t < chunk_len
     p_ok = offs_p < head_dim
     n_ok = offs_n < state_dim
-    B_base = B_ptr + batch_idx * stride_B_b + group_idx * stride_B_g
-    C_t = tl.load(C_ptr + batch_idx * stride_C_b + group_idx * stride_C_g + pos_t[:, None] * stride_C_l
-                  + offs_n[None, :] * stride_C_n, mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+    B_chunk = B_ptr + batch_idx * stride_B_b + chunk_start * stride_B_l + group_idx * stride_B_g
+    C_chunk = C_ptr + batch_idx * stride_C_b + chunk_start * stride_C_l + group_idx * stride_C_g
+    C_t = tl.load(C_chunk + offs_t[:, None] * stride_C_l + offs_n[None, :] * stride_C_n,
+                  mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)  # (T, N)
     if HAS_SEQ_IDX:
-        seg_t = tl.load(seg_ptr + batch_idx * length + pos_t, mask=t_ok, other=-1)
-        seg_before, _ = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
+        seg_chunk = seg_ptr + batch_idx * length + chunk_start
+        seg_t = tl.load(seg_chunk + offs_t, mask=t_ok, other=-1)
+        seg_before, _ = chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length)
 
     dC = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for head_offset in range(heads_per_program):
         head_idx = first_head + head_offset
-        scalars = (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
-        x_base = x_ptr + batch_idx * stride_x_b + head_idx * stride_x_h
-        dy_t = tl.load(dy_ptr + batch_idx * stride_dy_b + head_idx * stride_dy_h + pos_t[:, None] * stride_dy_l
-                       + offs_p[None, :] * stride_dy_p, mask=t_ok[:, None] & p_ok[None, :], other=0.0)  # (T, P)
-        log_decay_t = tl.load(log_decay_ptr + scalars + offs_t)
+        scalars_chunk = (batch_idx * heads + head_idx) * padded_len + chunk_start
+        x_chunk = x_ptr + batch_idx * stride_x_b + chunk_start * stride_x_l + head_idx * stride_x_h
+        dy_chunk = dy_ptr + batch_idx * stride_dy_b + chunk_start * stride_dy_l + head_idx * stride_dy_h
+        dy_t = tl.load(dy_chunk + offs_t[:, None] * stride_dy_l + offs_p[None, :] * stride_dy_p,
+                       mask=t_ok[:, None] & p_ok[None, :], other=0.0)  # (T, P)
+        log_decay_t = tl.load(log_decay_ptr + scalars_chunk + offs_t)
         entering_weight = tl.exp(log_decay_t)
         if HAS_SEQ_IDX:
             entering_weight = tl.where(seg_t == seg_before, entering_weight, 0.0)
@@ -255,27 +269,28 @@ def _chunk_C_grad_kernel(
 
         for start in range(0, block_start + BLOCK_M, BLOCK_K):
             offs_s = start + tl.arange(0, BLOCK_K)
-            pos_s = chunk_idx * CHUNK + offs_s
-            s_ok = pos_s < length
-            x_s = tl.load(x_base + offs_p[:, None] * stride_x_p + pos_s[None, :] * stride_x_l,
+            s_ok = offs_s < chunk_len
+            x_s = tl.load(x_chunk + offs_p[:, None] * stride_x_p + offs_s[None, :] * stride_x_l,
                           mask=p_ok[:, None] & s_ok[None, :], other=0.0)  # (P, S)
-            B_s = tl.load(B_base + pos_s[:, None] * stride_B_l + offs_n[None, :] * stride_B_n,
+            B_s = tl.load(B_chunk + offs_s[:, None] * stride_B_l + offs_n[None, :] * stride_B_n,
                           mask=s_ok[:, None] & n_ok[None, :], other=0.0)  # (S, N)
-            log_decay_s = tl.load(log_decay_ptr + scalars + offs_s)
+            log_decay_s = tl.load(log_decay_ptr + scalars_chunk + offs_s)
             linked = offs_t[:, None] >= offs_s[None, :]
             if HAS_SEQ_IDX:
-                seg_s = tl.load(seg_ptr + batch_idx * length + pos_s, mask=s_ok, other=-2)
+                seg_s = tl.load(seg_chunk + offs_s, mask=s_ok, other=-2)
                 linked = linked & (seg_t[:, None] == seg_s[None, :])
             decay = tl.exp(tl.where(linked, log_decay_t[:, None] - log_decay_s[None, :], float("-inf")))  # (T, S)
-            dt_s = tl.load(dt_ptr + scalars + offs_s)
+            dt_s = tl.load(dt_ptr + scalars_chunk + offs_s)
             dy_x = matmul(dy_t, x_s, DOT_DTYPE, PRECISION)  # (T, S) = dy_t·x_s
             head_dC += matmul(dy_x * decay * dt_s[None, :], B_s, DOT_DTYPE, PRECISION)
 
-        tl.store(dy_dot_y_ptr + scalars + offs_t, tl.sum(head_dC * C_t, axis=1), mask=t_ok)
+        tl.store(dy_dot_y_ptr + scalars_chunk + offs_t, tl.sum(head_dC * C_t, axis=1), mask=t_ok)
         dC += head_dC
 
-    dC_row = (batch_idx * length + pos_t) * programs_per_row + tl.program_id(1) % programs_per_row
-    tl.store(dC_partial_ptr + dC_row[:, None] * state_dim + offs_n[None, :], dC, mask=t_ok[:, None] & n_ok[None, :])
+    dC_chunk = dC_partial_ptr + ((batch_idx * length + chunk_start) * programs_per_row
+                                 + tl.program_id(1) % programs_per_row) * state_dim
+    tl.store(dC_chunk + offs_t[:, None] * (programs_per_row * state_dim) + offs_n[None, :], dC,
+             mask=t_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -295,15 +310,16 @@ def _dt_backward_kernel(
     """
     chunk_idx = tl.program_id(0)
     batch_idx = tl.program_id(1).to(tl.int64)
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_t = tl.arange(0, CHUNK)
     offs_h = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
-    pos = chunk_idx * CHUNK + offs_t
     head_ok = offs_h < heads
-    valid = (pos < length)[:, None] & head_ok[None, :]
-    scalar_offs = (batch_idx * heads + offs_h[None, :]) * padded_len + pos[:, None]
-    dt = tl.load(dt_ptr + scalar_offs, mask=valid, other=0.0)
-    dt_direct_grad = tl.load(dt_direct_grad_ptr + scalar_offs, mask=valid, other=0.0)
-    log_decay_grad = tl.load(dy_dot_y_ptr + scalar_offs, mask=valid, other=0.0) - dt * dt_direct_grad
+    valid = (offs_t < chunk_len)[:, None] & head_ok[None, :]
+    scalars_chunk = batch_idx * heads * padded_len + chunk_start
+    row_offs = offs_h[None, :] * padded_len + offs_t[:, None]
+    dt = tl.load(dt_ptr + scalars_chunk + row_offs, mask=valid, other=0.0)
+    dt_direct_grad = tl.load(dt_direct_grad_ptr + scalars_chunk + row_offs, mask=valid, other=0.0)
+    log_decay_grad = tl.load(dy_dot_y_ptr + scalars_chunk + row_offs, mask=valid, other=0.0) - dt * dt_direct_grad
     decay_grad = tl.load(decay_grad_ptr + (batch_idx * heads + offs_h) * n_chunks + chunk_idx, mask=head_ok, other=0.0)
     dA_dt_grad = tl.cumsum(log_decay_grad, axis=0, reverse=True) + decay_grad[None, :]
     A = tl.load(A_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)
@@ -311,7 +327,8 @@ def _dt_backward_kernel(
              tl.sum(dt * dA_dt_grad, axis=0), mask=head_ok)
 
     ddt = dt_direct_grad + A[None, :] * dA_dt_grad
-    raw = tl.load(dt_raw_ptr + batch_idx * stride_dt_b + pos[:, None] * stride_dt_l + offs_h[None, :] * stride_dt_h,
+    raw_chunk = dt_raw_ptr + batch_idx * stride_dt_b + chunk_start * stride_dt_l
+    raw = tl.load(raw_chunk + offs_t[:, None] * stride_dt_l + offs_h[None, :] * stride_dt_h,
                   mask=valid, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         raw += tl.load(dt_bias_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
@@ -322,7 +339,8 @@ def _dt_backward_kernel(
         ddt = tl.where((unclamped >= dt_min) & (unclamped <= dt_max), ddt, 0.0)
     if DT_SOFTPLUS:
         ddt *= tl.where(raw > 20.0, 1.0, sigmoid(raw))
-    tl.store(ddt_ptr + (batch_idx * length + pos[:, None]) * heads + offs_h[None, :], ddt, mask=valid)
+    ddt_chunk = ddt_ptr + (batch_idx * length + chunk_start) * heads
+    tl.store(ddt_chunk + offs_t[:, None] * heads + offs_h[None, :], ddt, mask=valid)
 
 
 class Gradients(NamedTuple):
@@ -354,7 +372,7 @@ def ssd_backward(dout, final_state_grad, saved: ForwardResult, x, dt, A, B, C, g
               geo.padded_len, geo.n_chunks, *x.stride(), *dy.stride(), *B.stride(), *C.stride())
     shared_meta = dict(CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, HAS_SEQ_IDX=seg is not None,
                        DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision)
-    input_tiles = geo.quadratic_tiles("chunk_input_grad")
+    input_tiles = geo.tiles("chunk_input_grad")
     blocks = geo.n_chunks * (geo.chunk // input_tiles["BLOCK_M"])
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dt_direct_grad = torch.empty_like(saved.dt)
@@ -366,7 +384,7 @@ def ssd_backward(dout, final_state_grad, saved: ForwardResult, x, dt, A, B, C, g
     )
     dC_partial = torch.empty_like(dB_partial)
     dy_dot_y = torch.empty_like(saved.dt)
-    C_tiles = geo.quadratic_tiles("chunk_C_grad")
+    C_tiles = geo.tiles("chunk_C_grad")
     _chunk_C_grad_kernel[(geo.n_chunks * (geo.chunk // C_tiles["BLOCK_M"]), geo.batch * programs_per_row)](
         x, dy, B, C, saved.dt, saved.log_decay, seg, saved.states, dC_partial, dy_dot_y, *common,
         **shared_meta, **C_tiles,
@@ -407,9 +425,8 @@ def _state_grads(dy, C, final_state_grad, saved: ForwardResult, geo: ScanGeometr
         dy, C, saved.dt, saved.log_decay, seg, state_grads,
         geo.length, geo.heads, geo.heads_per_group, geo.head_dim, geo.state_dim, geo.padded_len,
         geo.n_chunks + 1, *dy.stride(), *C.stride(),
-        CHUNK=geo.chunk, BLOCK_T=geo.block_t, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n,
-        ENTERING_STATE_GRAD=True, HAS_SEQ_IDX=seg is not None,
-        DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, num_warps=4,
+        CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, ENTERING_STATE_GRAD=True,
+        HAS_SEQ_IDX=seg is not None, DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, **geo.tiles("chunk_state"),
     )
     state_tiles = triton.cdiv(geo.state_size, geo.state_block)
     dinitial_state = torch.empty(geo.batch, geo.heads, geo.head_dim, geo.state_dim, **fp32)

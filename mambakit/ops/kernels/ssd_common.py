@@ -7,16 +7,25 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_BLOCK_T = 64  # positions per tile of the chunk-state kernel (tensor-core tile edge)
 MAX_HEADS_PER_PROGRAM = 8  # heads whose dB / dC one backward program sums before writing
 
-# Kernels whose work is quadratic in the chunk: (positions per program BLOCK_M, positions per inner-loop
-# tile BLOCK_K, warps, pipeline stages), for p = 64, n = 128 in bf16 picked by compiling for sm_90a, where
-# ptxas then reports no (or a few bytes of) register spills. Tiles shrink to the chunk when it is smaller.
-QUADRATIC_TILES = {
+# Launch meta-parameters of the kernels built on tl.dot: (positions per program BLOCK_M, positions per
+# inner-loop tile BLOCK_K (BLOCK_T for the chunk-state kernel), warps, pipeline stages). Picked for
+# p = 64, n = 128 by compiling for sm_90a, where ptxas then reports no (or a few bytes of) register
+# spills. Tiles shrink to the chunk when it is smaller. Exact fp32 products (fp32 inputs) run on CUDA
+# cores, with their operands in registers: they need smaller tiles. The table follows the input dtype
+# (not the dot type), so the interpreter runs bf16 inputs with the GPU's tiles.
+TENSOR_CORE_TILES = {
+    "chunk_state": (None, 64, 4, 3),
     "chunk_output": (64, 64, 4, 2),
     "chunk_input_grad": (64, 64, 8, 2),
     "chunk_C_grad": (64, 32, 8, 2),
+}
+FP32_TILES = {
+    "chunk_state": (None, 32, 4, 1),
+    "chunk_output": (32, 32, 8, 2),
+    "chunk_input_grad": (32, 32, 8, 1),
+    "chunk_C_grad": (32, 32, 8, 1),
 }
 
 
@@ -31,7 +40,6 @@ class ScanGeometry:
     head_dim: int
     state_dim: int
     chunk: int
-    block_t: int  # positions per tile of the chunk-state kernel, divides the chunk
     block_p: int  # head_dim padded to a power of two >= 16 (tl.dot needs >= 16)
     block_n: int  # state_dim padded likewise
     block_h: int  # heads per program of the per-position dt kernels
@@ -39,6 +47,7 @@ class ScanGeometry:
     heads_per_program: int  # heads looped over by one dB / dC program (divides heads // groups)
     dot_dtype: object  # operand type of tl.dot
     precision: str  # tl.dot input_precision
+    fp32_inputs: bool  # selects FP32_TILES
 
     @property
     def n_chunks(self) -> int:
@@ -56,10 +65,13 @@ class ScanGeometry:
     def state_size(self) -> int:
         return self.head_dim * self.state_dim
 
-    def quadratic_tiles(self, kernel: str) -> dict:
-        """Launch meta-parameters of one of the QUADRATIC_TILES kernels."""
-        rows, inner, warps, stages = QUADRATIC_TILES[kernel]
-        return dict(BLOCK_M=min(rows, self.chunk), BLOCK_K=min(inner, self.chunk), num_warps=warps, num_stages=stages)
+    def tiles(self, kernel: str) -> dict:
+        """Launch meta-parameters of one of the tl.dot kernels (see TENSOR_CORE_TILES)."""
+        rows, inner, warps, stages = (FP32_TILES if self.fp32_inputs else TENSOR_CORE_TILES)[kernel]
+        inner = min(inner, self.chunk)
+        if rows is None:
+            return dict(BLOCK_T=inner, num_warps=warps, num_stages=stages)
+        return dict(BLOCK_M=min(rows, self.chunk), BLOCK_K=inner, num_warps=warps, num_stages=stages)
 
     @classmethod
     def of(cls, x: torch.Tensor, B: torch.Tensor, chunk_size: int) -> "ScanGeometry":
@@ -75,11 +87,12 @@ class ScanGeometry:
             dot_dtype, precision = tl.float32, "ieee"
         return cls(
             batch=batch, length=length, heads=heads, groups=groups, head_dim=head_dim, state_dim=state_dim,
-            chunk=chunk_size, block_t=min(MAX_BLOCK_T, chunk_size),
+            chunk=chunk_size,
             block_p=max(16, triton.next_power_of_2(head_dim)), block_n=max(16, triton.next_power_of_2(state_dim)),
             block_h=min(16, triton.next_power_of_2(heads)),
             state_block=min(1024, triton.next_power_of_2(head_dim * state_dim)),
             heads_per_program=per_program, dot_dtype=dot_dtype, precision=precision,
+            fp32_inputs=x.dtype == torch.float32,
         )
 
 
@@ -121,13 +134,21 @@ def matmul(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK: tl.constexpr):
+def chunk_extent(chunk_idx, length, CHUNK: tl.constexpr):
+    """(first position, int64; number of positions inside the sequence, int32) of a chunk.
+
+    Kernels add the first position to their base pointers in int64 and index inside the chunk in int32,
+    so that offsets stay exact at any sequence length.
+    """
+    chunk_start = chunk_idx.to(tl.int64) * CHUNK
+    return chunk_start, tl.minimum(length - chunk_start, CHUNK).to(tl.int32)
+
+
+@triton.jit
+def chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length):
     """Segment ids (see ``segment_ids``) of the position before the chunk and of its last position.
 
     The state entering chunk 0 is the initial state, which belongs to segment 0 = segment of position 0.
     """
-    chunk_start = chunk_idx * CHUNK
-    seg_before = tl.load(seg_ptr + batch_idx * length + tl.maximum(chunk_start - 1, 0))
-    seg_last = tl.load(seg_ptr + batch_idx * length + tl.minimum(chunk_start + CHUNK, length) - 1)
-    return seg_before, seg_last
-
+    row = seg_ptr + batch_idx * length
+    return tl.load(row + tl.maximum(chunk_start - 1, 0)), tl.load(row + chunk_start + chunk_len - 1)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from mambakit.ops.kernels.ssd_common import (
-    ScanGeometry, chunk_segment_bounds, matmul, sigmoid, softplus, strides,
+    ScanGeometry, chunk_extent, chunk_segment_bounds, matmul, sigmoid, softplus, strides,
 )
 
 
@@ -44,13 +44,14 @@ def _dt_cumsum_kernel(
     """
     chunk_idx = tl.program_id(0)
     batch_idx = tl.program_id(1).to(tl.int64)
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_t = tl.arange(0, CHUNK)
     offs_h = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
-    pos = chunk_idx * CHUNK + offs_t
     head_ok = offs_h < heads
-    valid = (pos < length)[:, None] & head_ok[None, :]
+    valid = (offs_t < chunk_len)[:, None] & head_ok[None, :]
 
-    dt = tl.load(dt_ptr + batch_idx * stride_dt_b + pos[:, None] * stride_dt_l + offs_h[None, :] * stride_dt_h,
+    dt_chunk = dt_ptr + batch_idx * stride_dt_b + chunk_start * stride_dt_l
+    dt = tl.load(dt_chunk + offs_t[:, None] * stride_dt_l + offs_h[None, :] * stride_dt_h,
                  mask=valid, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dt_bias_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
@@ -62,14 +63,15 @@ def _dt_cumsum_kernel(
     A = tl.load(A_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)
     log_decay = tl.cumsum(dt * A[None, :], axis=0)
 
-    out_offs = (batch_idx * heads + offs_h[None, :]) * padded_len + pos[:, None]
-    tl.store(dt_out_ptr + out_offs, dt, mask=head_ok[None, :])
-    tl.store(log_decay_ptr + out_offs, log_decay, mask=head_ok[None, :])
+    row_offs = offs_h[None, :] * padded_len + offs_t[:, None]
+    scalars_chunk = batch_idx * heads * padded_len + chunk_start
+    tl.store(dt_out_ptr + scalars_chunk + row_offs, dt, mask=head_ok[None, :])
+    tl.store(log_decay_ptr + scalars_chunk + row_offs, log_decay, mask=head_ok[None, :])
 
     total = tl.sum(tl.where(offs_t[:, None] == CHUNK - 1, log_decay, 0.0), axis=0)  # (BLOCK_H,)
     chunk_decay = tl.exp(total)
     if HAS_SEQ_IDX:
-        seg_before, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
+        seg_before, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length)
         chunk_decay = tl.where(seg_before == seg_last, chunk_decay, 0.0)
     tl.store(chunk_decay_ptr + (batch_idx * heads + offs_h) * n_chunks + chunk_idx, chunk_decay, mask=head_ok)
 
@@ -84,8 +86,8 @@ def _chunk_state_kernel(
     ENTERING_STATE_GRAD: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One (chunk, batch × head): out (b, c + 1, h, p, n) fp32, slot k < c = sum over the chunk's positions t of
-    weight_t · vec_t ⊗ mat_t, with vec (b, l, h, p) and mat (b, l, g, n).
+    """One (chunk, batch × head): slot k < c of out (b, c + 1, h, p, n) fp32 = the sum over the chunk's
+    positions t of weight_t · vec_t ⊗ mat_t, with vec (b, l, h, p) and mat (b, l, g, n).
 
     Forward (vec = x, mat = B): the chunk's contribution to its end state,
     weight_t = exp(log_decay[last] - log_decay[t]) · dt_t, zero for positions of an earlier segment
@@ -97,36 +99,35 @@ def _chunk_state_kernel(
     batch_idx = (tl.program_id(1) // heads).to(tl.int64)
     head_idx = tl.program_id(1) % heads
     group_idx = head_idx // heads_per_group
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    scalars = log_decay_ptr + (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
-    dts = dt_ptr + (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
-    log_decay_last = tl.load(scalars + CHUNK - 1)
+    scalars_chunk = (batch_idx * heads + head_idx) * padded_len + chunk_start
+    log_decay_last = tl.load(log_decay_ptr + scalars_chunk + CHUNK - 1)
     if HAS_SEQ_IDX:
-        seg_before, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
-    vec_base = vec_ptr + batch_idx * stride_vec_b + head_idx * stride_vec_h
-    mat_base = mat_ptr + batch_idx * stride_mat_b + group_idx * stride_mat_g
+        seg_before, seg_last = chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length)
+    vec_chunk = vec_ptr + batch_idx * stride_vec_b + chunk_start * stride_vec_l + head_idx * stride_vec_h
+    mat_chunk = mat_ptr + batch_idx * stride_mat_b + chunk_start * stride_mat_l + group_idx * stride_mat_g
 
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for start in range(0, CHUNK, BLOCK_T):
         offs_t = start + tl.arange(0, BLOCK_T)
-        pos = chunk_idx * CHUNK + offs_t
-        in_seq = pos < length
-        log_decay = tl.load(scalars + offs_t)
+        t_ok = offs_t < chunk_len
+        log_decay = tl.load(log_decay_ptr + scalars_chunk + offs_t)
         if ENTERING_STATE_GRAD:
             weight = tl.exp(log_decay)
         else:
-            weight = tl.exp(log_decay_last - log_decay) * tl.load(dts + offs_t)
+            weight = tl.exp(log_decay_last - log_decay) * tl.load(dt_ptr + scalars_chunk + offs_t)
         if HAS_SEQ_IDX:
-            seg = tl.load(seg_ptr + batch_idx * length + pos, mask=in_seq, other=-1)
+            seg = tl.load(seg_ptr + batch_idx * length + chunk_start + offs_t, mask=t_ok, other=-1)
             if ENTERING_STATE_GRAD:
                 weight = tl.where(seg == seg_before, weight, 0.0)
             else:
                 weight = tl.where(seg == seg_last, weight, 0.0)
-        vec_t = tl.load(vec_base + offs_p[:, None] * stride_vec_p + pos[None, :] * stride_vec_l,
-                        mask=(offs_p < head_dim)[:, None] & in_seq[None, :], other=0.0)  # (P, T)
-        mat = tl.load(mat_base + pos[:, None] * stride_mat_l + offs_n[None, :] * stride_mat_n,
-                      mask=in_seq[:, None] & (offs_n < state_dim)[None, :], other=0.0)  # (T, N)
+        vec_t = tl.load(vec_chunk + offs_p[:, None] * stride_vec_p + offs_t[None, :] * stride_vec_l,
+                        mask=(offs_p < head_dim)[:, None] & t_ok[None, :], other=0.0)  # (P, T)
+        mat = tl.load(mat_chunk + offs_t[:, None] * stride_mat_l + offs_n[None, :] * stride_mat_n,
+                      mask=t_ok[:, None] & (offs_n < state_dim)[None, :], other=0.0)  # (T, N)
         acc += matmul(vec_t * weight[None, :], mat, DOT_DTYPE, PRECISION)
 
     out = out_ptr + ((batch_idx * state_slots + chunk_idx) * heads + head_idx) * head_dim * state_dim
@@ -145,22 +146,21 @@ def _state_passing_kernel(
     the state entering chunk k: entering[0] = initial state (b, h, p, n) or 0,
     entering[k + 1] = chunk_decay[k] · entering[k] + own[k]; slot c receives the final state.
     """
+    row = tl.program_id(1).to(tl.int64)  # batch × head
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    batch_idx = (tl.program_id(1) // heads).to(tl.int64)
-    head_idx = tl.program_id(1) % heads
     in_state = offs < state_size
     if HAS_INITIAL_STATE:
-        state = tl.load(initial_state_ptr + tl.program_id(1).to(tl.int64) * state_size + offs,
-                        mask=in_state, other=0.0)
+        state = tl.load(initial_state_ptr + row * state_size + offs, mask=in_state, other=0.0)
     else:
         state = tl.zeros((BLOCK,), dtype=tl.float32)
-    slots = states_ptr + (batch_idx * (n_chunks + 1) * heads + head_idx) * state_size + offs
+    batch_idx = row // heads
+    slot = states_ptr + (batch_idx * (n_chunks + 1) * heads + row % heads) * state_size + offs
     for chunk_idx in range(n_chunks):
-        slot = slots + chunk_idx * heads * state_size
         own = tl.load(slot, mask=in_state, other=0.0)
         tl.store(slot, state, mask=in_state)
-        state = tl.load(chunk_decay_ptr + tl.program_id(1) * n_chunks + chunk_idx) * state + own
-    tl.store(slots + n_chunks * heads * state_size, state, mask=in_state)
+        state = tl.load(chunk_decay_ptr + row * n_chunks + chunk_idx) * state + own
+        slot += heads * state_size
+    tl.store(slot, state, mask=in_state)
 
 
 @triton.jit
@@ -180,30 +180,33 @@ def _chunk_output_kernel(
     y_t = sum_{s <= t in the chunk and segment} (C_t·B_s) exp(log_decay[t] - log_decay[s]) dt_s x_s
           + exp(log_decay[t]) C_t · entering_state (if t is in the entering state's segment) + D x_t,
     then y *= silu(z_t). With STORE_UNGATED, y before the gate also goes to y_ungated (for dz).
+    Positions are counted from the chunk start (t, s < CHUNK).
     """
     chunk_idx = tl.program_id(0) // (CHUNK // BLOCK_M)
     block_start = (tl.program_id(0) % (CHUNK // BLOCK_M)) * BLOCK_M
     batch_idx = (tl.program_id(1) // heads).to(tl.int64)
     head_idx = tl.program_id(1) % heads
     group_idx = head_idx // heads_per_group
+    chunk_start, chunk_len = chunk_extent(chunk_idx, length, CHUNK)
     offs_t = block_start + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    pos_t = chunk_idx * CHUNK + offs_t
-    t_ok = pos_t < length
+    t_ok = offs_t < chunk_len
     p_ok = offs_p < head_dim
     n_ok = offs_n < state_dim
-    scalars = (batch_idx * heads + head_idx) * padded_len + chunk_idx * CHUNK
-    x_base = x_ptr + batch_idx * stride_x_b + head_idx * stride_x_h
-    B_base = B_ptr + batch_idx * stride_B_b + group_idx * stride_B_g
+    scalars_chunk = (batch_idx * heads + head_idx) * padded_len + chunk_start
+    x_chunk = x_ptr + batch_idx * stride_x_b + chunk_start * stride_x_l + head_idx * stride_x_h
+    B_chunk = B_ptr + batch_idx * stride_B_b + chunk_start * stride_B_l + group_idx * stride_B_g
+    C_chunk = C_ptr + batch_idx * stride_C_b + chunk_start * stride_C_l + group_idx * stride_C_g
 
-    log_decay_t = tl.load(log_decay_ptr + scalars + offs_t)
-    C_t = tl.load(C_ptr + batch_idx * stride_C_b + group_idx * stride_C_g + pos_t[:, None] * stride_C_l
-                  + offs_n[None, :] * stride_C_n, mask=t_ok[:, None] & n_ok[None, :], other=0.0)  # (T, N)
+    log_decay_t = tl.load(log_decay_ptr + scalars_chunk + offs_t)
+    C_t = tl.load(C_chunk + offs_t[:, None] * stride_C_l + offs_n[None, :] * stride_C_n,
+                  mask=t_ok[:, None] & n_ok[None, :], other=0.0)  # (T, N)
     entering_weight = tl.exp(log_decay_t)
     if HAS_SEQ_IDX:
-        seg_t = tl.load(seg_ptr + batch_idx * length + pos_t, mask=t_ok, other=-1)
-        seg_before, _ = chunk_segment_bounds(seg_ptr, batch_idx, chunk_idx, length, CHUNK)
+        seg_chunk = seg_ptr + batch_idx * length + chunk_start
+        seg_t = tl.load(seg_chunk + offs_t, mask=t_ok, other=-1)
+        seg_before, _ = chunk_segment_bounds(seg_ptr, batch_idx, chunk_start, chunk_len, length)
         entering_weight = tl.where(seg_t == seg_before, entering_weight, 0.0)
     state = states_ptr + ((batch_idx * state_slots + chunk_idx) * heads + head_idx) * head_dim * state_dim
     entering_state_T = tl.load(state + offs_n[:, None] + offs_p[None, :] * state_dim,
@@ -212,39 +215,40 @@ def _chunk_output_kernel(
 
     for start in range(0, block_start + BLOCK_M, BLOCK_K):
         offs_s = start + tl.arange(0, BLOCK_K)
-        pos_s = chunk_idx * CHUNK + offs_s
-        s_ok = pos_s < length
-        B_s = tl.load(B_base + offs_n[:, None] * stride_B_n + pos_s[None, :] * stride_B_l,
+        s_ok = offs_s < chunk_len
+        B_s = tl.load(B_chunk + offs_n[:, None] * stride_B_n + offs_s[None, :] * stride_B_l,
                       mask=n_ok[:, None] & s_ok[None, :], other=0.0)  # (N, S)
         scores = matmul(C_t, B_s, DOT_DTYPE, PRECISION)  # (T, S)
-        log_decay_s = tl.load(log_decay_ptr + scalars + offs_s)
+        log_decay_s = tl.load(log_decay_ptr + scalars_chunk + offs_s)
         linked = offs_t[:, None] >= offs_s[None, :]
         if HAS_SEQ_IDX:
-            seg_s = tl.load(seg_ptr + batch_idx * length + pos_s, mask=s_ok, other=-2)
+            seg_s = tl.load(seg_chunk + offs_s, mask=s_ok, other=-2)
             linked = linked & (seg_t[:, None] == seg_s[None, :])
         decay = tl.exp(tl.where(linked, log_decay_t[:, None] - log_decay_s[None, :], float("-inf")))
-        dt_s = tl.load(dt_ptr + scalars + offs_s)
-        x_s = tl.load(x_base + pos_s[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
+        dt_s = tl.load(dt_ptr + scalars_chunk + offs_s)
+        x_s = tl.load(x_chunk + offs_s[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
                       mask=s_ok[:, None] & p_ok[None, :], other=0.0)  # (S, P)
         acc += matmul(scores * decay * dt_s[None, :], x_s, DOT_DTYPE, PRECISION)
 
     io_mask = t_ok[:, None] & p_ok[None, :]
     if HAS_D:
-        x_t = tl.load(x_base + pos_t[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
+        x_t = tl.load(x_chunk + offs_t[:, None] * stride_x_l + offs_p[None, :] * stride_x_p,
                       mask=io_mask, other=0.0).to(tl.float32)
         if D_PER_CHANNEL:
             D = tl.load(D_ptr + head_idx * head_dim + offs_p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
         else:
             D = tl.load(D_ptr + head_idx).to(tl.float32)
         acc += D * x_t
-    out_offs = ((batch_idx * length + pos_t[:, None]) * heads + head_idx) * head_dim + offs_p[None, :]
+    out_chunk = ((batch_idx * length + chunk_start) * heads + head_idx) * head_dim
+    out_offs = offs_t[:, None] * (heads * head_dim) + offs_p[None, :]
     if HAS_Z:
         if STORE_UNGATED:
-            tl.store(y_ungated_ptr + out_offs, acc, mask=io_mask)
-        z = tl.load(z_ptr + batch_idx * stride_z_b + head_idx * stride_z_h + pos_t[:, None] * stride_z_l
-                    + offs_p[None, :] * stride_z_p, mask=io_mask, other=0.0).to(tl.float32)
+            tl.store(y_ungated_ptr + out_chunk + out_offs, acc, mask=io_mask)
+        z_chunk = z_ptr + batch_idx * stride_z_b + chunk_start * stride_z_l + head_idx * stride_z_h
+        z = tl.load(z_chunk + offs_t[:, None] * stride_z_l + offs_p[None, :] * stride_z_p,
+                    mask=io_mask, other=0.0).to(tl.float32)
         acc *= z * sigmoid(z)
-    tl.store(y_ptr + out_offs, acc, mask=io_mask)
+    tl.store(y_ptr + out_chunk + out_offs, acc, mask=io_mask)
 
 
 class ForwardResult(NamedTuple):
@@ -287,9 +291,8 @@ def ssd_forward(x, dt, A, B, C, geo: ScanGeometry, D=None, z=None, dt_bias=None,
         x, B, dt_out, log_decay, seg, states,
         geo.length, geo.heads, geo.heads_per_group, geo.head_dim, geo.state_dim, geo.padded_len,
         geo.n_chunks + 1, *x.stride(), *B.stride(),
-        CHUNK=geo.chunk, BLOCK_T=geo.block_t, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n,
-        ENTERING_STATE_GRAD=False, HAS_SEQ_IDX=seg is not None,
-        DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, num_warps=4,
+        CHUNK=geo.chunk, BLOCK_P=geo.block_p, BLOCK_N=geo.block_n, ENTERING_STATE_GRAD=False,
+        HAS_SEQ_IDX=seg is not None, DOT_DTYPE=geo.dot_dtype, PRECISION=geo.precision, **geo.tiles("chunk_state"),
     )
     _state_passing_kernel[(triton.cdiv(geo.state_size, geo.state_block), geo.batch * geo.heads)](
         states, chunk_decay, initial_state, geo.heads, geo.n_chunks, geo.state_size,
@@ -298,7 +301,7 @@ def ssd_forward(x, dt, A, B, C, geo: ScanGeometry, D=None, z=None, dt_bias=None,
 
     y = torch.empty(geo.batch, geo.length, geo.heads, geo.head_dim, device=device, dtype=x.dtype)
     y_ungated = torch.empty_like(y) if z is not None and store_ungated else None
-    tiles = geo.quadratic_tiles("chunk_output")
+    tiles = geo.tiles("chunk_output")
     _chunk_output_kernel[(geo.n_chunks * (geo.chunk // tiles["BLOCK_M"]), geo.batch * geo.heads)](
         x, B, C, z, D, dt_out, log_decay, seg, states, y, y_ungated,
         geo.length, geo.heads, geo.heads_per_group, geo.head_dim, geo.state_dim, geo.padded_len,
