@@ -91,14 +91,24 @@ def _state_passing_backward_kernel(
     last_slot = (((row // heads) * (n_chunks + 1) + n_chunks - 1) * heads + row % heads) * state_size
     grad_slot = state_grads_ptr + last_slot + offs
     leaving_state = states_ptr + last_slot + chunk_stride + offs
+    chunk_decays = chunk_decay_ptr + row * n_chunks
     decay_grads = decay_grad_ptr + (tl.program_id(0) * tl.num_programs(1) + row) * n_chunks
+    # the loads of chunk k - 1 are issued before chunk k's update: one memory latency hides another's
+    entering_grad = tl.load(grad_slot, mask=in_state, other=0.0)
+    leaving = tl.load(leaving_state, mask=in_state, other=0.0)
+    decay = tl.load(chunk_decays + n_chunks - 1)
     for step in range(n_chunks):
         chunk_idx = n_chunks - 1 - step
-        entering_grad = tl.load(grad_slot, mask=in_state, other=0.0)
+        back = tl.minimum(chunk_idx, 1) * chunk_stride  # 0 at chunk 0: re-reads in bounds, unused
+        next_entering_grad = tl.load(grad_slot - back, mask=in_state, other=0.0)
+        next_leaving = tl.load(leaving_state - back, mask=in_state, other=0.0)
+        next_decay = tl.load(chunk_decays + tl.maximum(chunk_idx - 1, 0))
         tl.store(grad_slot, grad, mask=in_state)
-        leaving = tl.load(leaving_state, mask=in_state, other=0.0)
         tl.store(decay_grads + chunk_idx, tl.sum(grad * leaving, axis=0))
-        grad = entering_grad + tl.load(chunk_decay_ptr + row * n_chunks + chunk_idx) * grad
+        grad = entering_grad + decay * grad
+        entering_grad = next_entering_grad
+        leaving = next_leaving
+        decay = next_decay
         grad_slot -= chunk_stride
         leaving_state -= chunk_stride
     tl.store(initial_state_grad_ptr + row * state_size + offs, grad, mask=in_state)

@@ -153,13 +153,21 @@ def _state_passing_kernel(
         state = tl.load(initial_state_ptr + row * state_size + offs, mask=in_state, other=0.0)
     else:
         state = tl.zeros((BLOCK,), dtype=tl.float32)
-    batch_idx = row // heads
-    slot = states_ptr + (batch_idx * (n_chunks + 1) * heads + row % heads) * state_size + offs
+    chunk_stride = heads * state_size
+    slot = states_ptr + ((row // heads) * (n_chunks + 1) * heads + row % heads) * state_size + offs
+    chunk_decays = chunk_decay_ptr + row * n_chunks
+    # the loads of chunk k + 1 are issued before chunk k's update: one memory latency hides another's
+    own = tl.load(slot, mask=in_state, other=0.0)
+    decay = tl.load(chunk_decays)
     for chunk_idx in range(n_chunks):
-        own = tl.load(slot, mask=in_state, other=0.0)
+        # (after the last chunk these read slot c and the last decay again: in bounds, unused)
+        next_own = tl.load(slot + chunk_stride, mask=in_state, other=0.0)
+        next_decay = tl.load(chunk_decays + tl.minimum(chunk_idx + 1, n_chunks - 1))
         tl.store(slot, state, mask=in_state)
-        state = tl.load(chunk_decay_ptr + row * n_chunks + chunk_idx) * state + own
-        slot += heads * state_size
+        state = decay * state + own
+        own = next_own
+        decay = next_decay
+        slot += chunk_stride
     tl.store(slot, state, mask=in_state)
 
 
