@@ -167,6 +167,19 @@ def test_only_final_state_used_and_strided_inputs():
         torch.testing.assert_close(grad, grad_ref, **TOLERANCES[torch.float32])
 
 
+def test_sum_loss_gives_a_broadcast_output_grad():
+    """y.sum().backward() hands the kernels a (b, l, h, p) gradient with all strides 0."""
+    tensors = make_inputs(1, 24, 2, 1, 16, 16, D="head", z=True)
+    grads = []
+    for fn in (ssd_scan, reference.ssd_scan):
+        fn(**tensors, chunk_size=16).sum().backward()
+        grads.append({name: t.grad.clone() for name, t in tensors.items()})
+        for t in tensors.values():
+            t.grad = None
+    for name in tensors:
+        torch.testing.assert_close(grads[0][name], grads[1][name], **TOLERANCES[torch.float32])
+
+
 def test_forward_without_grad_any_chunk_size_and_input_checks():
     """Without autograd; chunk sizes that are not powers of two >= 16 are rounded up by the kernels."""
     tensors = {k: v.detach() for k, v in make_inputs(1, 20, 2, 1, 16, 16, z=True).items()}
