@@ -6,8 +6,6 @@ crossed); the ``gpu`` tests use real model shapes.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,7 +98,8 @@ CPU_CASES = {
         inputs=dict(D="head", z=True, dt_bias=True, dt_softplus=True), options=dict(dt_softplus=True)),
     "channel_D_limit_initial_state": dict(
         shape=(1, 70, 4, 4, 16, 32), chunk=16,
-        inputs=dict(D="channel", initial_state=True, dt_softplus=True), options=dict(dt_softplus=True, dt_limit=(0.1, 0.2))),
+        inputs=dict(D="channel", initial_state=True, dt_softplus=True),
+        options=dict(dt_softplus=True, dt_limit=(0.1, 0.2))),
     "packed_sequences": dict(
         shape=(2, 66, 4, 2, 16, 16), chunk=16,
         inputs=dict(D="head", z=True, dt_bias=True, dt_softplus=True, initial_state=True),
