@@ -9,6 +9,7 @@ from mambakit.generation import Generator, SamplingParams
 from mambakit.loading import LoadedModel, load, load_model
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
+import mambakit.eval  # noqa: E402,F401  registers the "mambakit" lm-eval model if lm-eval is installed
 
 __all__ = ["ConfigError", "Generator", "InferenceState", "LoadedModel", "MambaConfig", "MambaLM",
            "SamplingParams", "load", "load_model"]
