@@ -69,14 +69,14 @@ class ChatSession:
         self.params = params or SamplingParams()
         self.prefix_cache = prefix_cache
         self.last_turn: TurnStats | None = None
-        self.reset(system)
+        self.system = template.default_system if system is None else system
+        self.reset()
 
     # ---- conversation and state --------------------------------------------------------------------
     def reset(self, system: str | None = None) -> None:
-        """Start over with ``system`` (None: keep the current system message, or the template's default)."""
-        if system is None:
-            system = getattr(self, "system", None)
-        self.system = self.template.default_system if system is None else system
+        """Start over, with the system message ``system`` if given (else the current one; "" for none)."""
+        if system is not None:
+            self.system = system
         self.messages: list[dict] = []
         self.state = self.generator.model.allocate_state(1)
         self.fed_ids: list[int] = []  # every token id the state has consumed, in order
