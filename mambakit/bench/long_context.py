@@ -4,7 +4,7 @@ The seed's experiment as a benchmark: a Mamba model (random weights of a named s
 Transformer of similar size through HF transformers (TinyLlama-1.1B's config, random weights; SDPA and
 eager attention). At each prompt length: prefill time (to the first new token), peak GPU memory, and
 decode tokens/s at that context. A series stops at its first out-of-memory, or when the next length would
-not finish in its share of ``--time-limit``. Writes ``long_context-<shape>.json`` and ``.png``.
+not finish in its share of ``--time-limit``. Writes ``long_context-<shape>[-<cap>gb].json`` and ``.png``.
 
 Both sides generate as a user would: mambakit through ``Generator.decode`` (chunked prefill, CUDA-graph
 decoding), transformers through ``model.generate`` (KV cache), greedy, batch 1.
@@ -81,7 +81,7 @@ def main(args) -> int:
               "gpu_memory_cap_gb": args.gpu_memory_gb, "series": series}
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"long_context-{shape}"
+    stem = f"long_context-{shape}" + (f"-{args.gpu_memory_gb:g}gb" if args.gpu_memory_gb else "")
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / stem}.json and .png")
