@@ -103,7 +103,7 @@ def cmd_doctor(args) -> int:
 
 # Rooms that add their own subcommands: each module has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = ("mambakit.bench.commands", "mambakit.chat.commands", "mambakit.serve.commands",
-                                    "mambakit.eval.commands")
+                                    "mambakit.eval.commands", "mambakit.train.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

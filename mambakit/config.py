@@ -252,6 +252,14 @@ class MambaConfig:
     def replace(self, **changes) -> "MambaConfig":
         return dataclasses.replace(self, **changes)
 
+    # ---- what transformers' Trainer callbacks (TensorBoard, W&B, MLflow) read from ``model.config`` ----
+    def to_dict(self) -> dict:
+        return self.to_hf()
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
 
 def _first(value):
     return value[0] if isinstance(value, list) and value else value

@@ -64,11 +64,13 @@ def selective_scan(
     starts = _sequence_starts(seq_idx, length)
     state = u.new_zeros(batch, channels, A.shape[1]) if initial_state is None else initial_state.float()
     ys = []
-    for t in range(length):
+    # unbind (not [..., t]): its backward stacks the step gradients once instead of one full-size zero
+    # tensor per step, which made the backward pass quadratic in the length
+    for t, (decay_t, drive_t, C_t) in enumerate(zip(decay.unbind(-1), drive.unbind(-1), C.unbind(-1))):
         if starts is not None and t > 0:
             state = torch.where(starts[:, t, None, None], torch.zeros_like(state), state)
-        state = decay[..., t] * state + drive[..., t]
-        ys.append((state * C[..., t]).sum(-1))
+        state = decay_t * state + drive_t
+        ys.append((state * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.float()[:, None] * u
@@ -187,12 +189,13 @@ def ssd_scan(
     state = (x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
              if initial_state is None else initial_state.float())
     ys = []
-    for t in range(length):
+    steps = zip(dt.unbind(1), xf.unbind(1), Bh.unbind(1), Ch.unbind(1), decay.unbind(1))  # unbind: see selective_scan
+    for t, (dt_t, x_t, B_t, C_t, decay_t) in enumerate(steps):
         if starts is not None and t > 0:
             state = torch.where(starts[:, t, None, None, None], torch.zeros_like(state), state)
-        drive = (dt[:, t, :, None] * xf[:, t]).unsqueeze(-1) * Bh[:, t, :, None, :]  # (b, h, p, n)
-        state = decay[:, t, :, None, None] * state + drive
-        ys.append((state * Ch[:, t, :, None, :]).sum(-1))
+        drive = (dt_t[:, :, None] * x_t).unsqueeze(-1) * B_t[:, :, None, :]  # (b, h, p, n)
+        state = decay_t[:, :, None, None] * state + drive
+        ys.append((state * C_t[:, :, None, :]).sum(-1))
     y = torch.stack(ys, dim=1)  # (b, l, h, p)
     if D is not None:
         y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * xf
