@@ -71,11 +71,10 @@ class Repl:
                 continue
             if not line.strip():
                 continue
-            if not line.startswith("/"):
-                self.chat(line)
-                continue
             try:
-                if not self.command(line.strip()):
+                if not line.startswith("/"):
+                    self.chat(line)
+                elif not self.command(line.strip()):
                     return 0
             except UserError as exc:
                 self.say(f"error: {exc}")
