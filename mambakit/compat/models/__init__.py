@@ -1,0 +1,1 @@
+"""mamba_ssm.models: ``MambaLMHeadModel`` and its ``MambaConfig``."""

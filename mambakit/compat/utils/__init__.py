@@ -1,0 +1,1 @@
+"""mamba_ssm.utils: generation (``InferenceParams``, ``decode``, ``GenerationMixin``) and checkpoint reading."""
