@@ -8,6 +8,6 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/results/long_context}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 for shape in ${*:-mamba-1.4b mamba2-1.3b}; do
-  timeout 290 python3 -m mambakit.bench.long_context --shape "$shape" --time-limit 240 --output "$OUT" ${EXTRA:-} \
+  timeout 290 python3 -m mambakit.bench long --shape "$shape" --time-limit 240 --output "$OUT" ${EXTRA:-} \
     2>&1 | tee "$OUT/long_context-$shape.log" | grep -v Warning | tail -40
 done

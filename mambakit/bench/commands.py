@@ -2,6 +2,7 @@
 
     mambakit bench --shape mamba-1.4b --out benchmarks/results/h200-mamba-1.4b.json [--baseline hf]
     mambakit bench decode prefill --shape mamba2-1.3b
+    mambakit bench long --shape mamba-1.4b --output DIR     (long_context.py: Mamba vs a Transformer, 1k..128k)
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from mambakit.errors import UserError
 
 SUITES = ("decode", "prefill", "train", "ops")
+LONG = "long"
 OP_BENCH_MODULES = ("mambakit.bench.ops_selective_scan", "mambakit.bench.ops_ssd", "mambakit.bench.ops_misc")
 
 
@@ -93,6 +95,12 @@ def run_benchmarks(args) -> dict:
 
 
 def cmd_bench(args) -> int:
+    if LONG in args.suites:
+        if args.suites != [LONG]:
+            raise UserError("'bench long' runs on its own; give it without other suites")
+        from mambakit.bench import long_context
+
+        return long_context.main(args)
     report = run_benchmarks(args)
     if args.out:
         out = Path(args.out)
@@ -103,8 +111,13 @@ def cmd_bench(args) -> int:
 
 
 def register(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="GPU benchmarks on random weights of a named shape")
-    bench.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES)} (default: all)")
+    from mambakit.bench.long_context import add_arguments as add_long_context_arguments
+
+    # conflict_handler="resolve": long_context.py's --shape (same meaning) replaces this one
+    bench = subparsers.add_parser("bench", help="GPU benchmarks on random weights of a named shape",
+                                  conflict_handler="resolve")
+    bench.add_argument("suites", nargs="*", metavar="SUITE",
+                       help=f"any of {', '.join(SUITES)} (default: all), or '{LONG}' alone")
     bench.add_argument("--shape", default="mamba-1.4b", help="shape name (mamba-1.4b, mamba2-1.3b, …) or config.json")
     bench.add_argument("--decode-batches", default="1,64")
     bench.add_argument("--prefill-lengths", default="2048,10240,102400")
@@ -113,4 +126,6 @@ def register(subparsers) -> None:
     bench.add_argument("--train-length", type=int, default=2048)
     bench.add_argument("--baseline", choices=("hf",), help="also run HF transformers on the same shape")
     bench.add_argument("--out", help="write the JSON report here")
+    long_options = bench.add_argument_group(f"'{LONG}' (Mamba vs a Transformer over growing prompts)")
+    add_long_context_arguments(long_options)
     bench.set_defaults(func=cmd_bench)
