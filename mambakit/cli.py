@@ -102,8 +102,8 @@ def cmd_doctor(args) -> int:
 
 
 # Rooms that add their own subcommands: each module has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("mambakit.bench.commands", "mambakit.chat.commands", "mambakit.serve.commands",
-                                    "mambakit.eval.commands", "mambakit.train.commands")
+COMMAND_MODULES: tuple[str, ...] = ("mambakit.bench.commands", "mambakit.train.commands", "mambakit.chat.commands",
+                                   "mambakit.eval.commands", "mambakit.serve.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run its command; user errors become one line on stderr and exit status 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)
