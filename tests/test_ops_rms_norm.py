@@ -1,6 +1,7 @@
 """Triton RMSNorm (residual add) and gated group RMSNorm against the reference: outputs and all gradients."""
 import pytest
 import torch
+from numerics import assert_relative_error
 
 from mambakit.ops import reference
 from mambakit.ops.kernels import rms_norm as norm_kernels
@@ -69,11 +70,25 @@ def test_gated_rms_norm_matches_reference(dtype, group_size):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rms_norm_real_shape(dtype):
     tensors = dict(x=_randn(8192, 2048, dtype=dtype), residual=_randn(8192, 2048), weight=_randn(2048, dtype=dtype))
-    _assert_matches("rms_norm", tensors, dtype, residual_in_fp32=True)
+    _assert_matches_at_scale("rms_norm", tensors, dtype, residual_in_fp32=True)
 
 
 @pytest.mark.gpu
 def test_gated_rms_norm_real_shape():
     tensors = dict(x=_randn(4096, 5120, dtype=torch.bfloat16), z=_randn(4096, 5120, dtype=torch.bfloat16),
                    weight=_randn(5120, dtype=torch.bfloat16))
-    _assert_matches("gated_rms_norm", tensors, torch.bfloat16, group_size=640)
+    _assert_matches_at_scale("gated_rms_norm", tensors, torch.bfloat16, group_size=640)
+
+
+def _assert_matches_at_scale(fn_name, tensors, dtype, **kwargs):
+    """At real shapes the weight gradient sums thousands of rows: bf16 is compared with the fp32
+    reference on upcast inputs by relative error norm (see numerics.py), fp32 elementwise."""
+    if dtype != torch.bfloat16:
+        return _assert_matches(fn_name, tensors, dtype, **kwargs)
+    upcast = {name: None if t is None else t.float() for name, t in tensors.items()}
+    expected, expected_grads = _outputs_and_grads(getattr(reference, fn_name), upcast, **kwargs)
+    actual, actual_grads = _outputs_and_grads(getattr(norm_kernels, fn_name), tensors, **kwargs)
+    for index, (out, ref) in enumerate(zip(actual, expected)):
+        assert_relative_error(out, ref, f"output {index}")
+    for name, ref in expected_grads.items():
+        assert_relative_error(actual_grads[name], ref, f"grad {name}")
