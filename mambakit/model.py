@@ -21,6 +21,17 @@ from mambakit.layers.norm import RMSNorm
 from mambakit.layers.projection import project
 from mambakit.state import InferenceState
 
+# Largest batch the fused decode step takes: its GEMVs read each weight tile once for up to this many rows
+# on CUDA cores; beyond, the per-op path's cuBLAS GEMMs (tensor cores) are faster.
+FUSED_STEP_MAX_BATCH = 8
+
+
+def _fused_step_allowed(fused: bool, batch: int, projections) -> bool:
+    """Whether a step may take the fused decode ops: asked for, a small batch, and only plain nn.Linear
+    projections (the fused kernels read their weights directly; a LoRA-wrapped or quantised layer keeps
+    its own forward, as in layers/projection.py)."""
+    return fused and batch <= FUSED_STEP_MAX_BATCH and all(type(layer) is nn.Linear for layer in projections)
+
 
 @dataclass
 class MambaLMOutput(ModelOutput):
@@ -44,8 +55,11 @@ class MambaBlock(nn.Module):
         normed, residual = self.norm(hidden, residual)
         return self.mixer(normed, state=state, mask=mask, seq_idx=seq_idx), residual
 
-    def step(self, hidden, residual, conv_state, ssm_state):
-        """One token: hidden, residual (b, d_model)."""
+    def step(self, hidden, residual, conv_state, ssm_state, fused: bool = True):
+        """One token: hidden, residual (b, d_model) -> (mixer output, new residual); ``fused``: through the
+        mixer's fused decode step where allowed (see ``_fused_step_allowed``), else op by op."""
+        if _fused_step_allowed(fused, hidden.shape[0], self.mixer.fused_step_projections):
+            return self.mixer.fused_step(hidden, residual, self.norm, conv_state, ssm_state)
         normed, residual = self.norm(hidden, residual)
         return self.mixer.step(normed, conv_state, ssm_state), residual
 
@@ -161,13 +175,22 @@ class MambaLM(nn.Module):
         return ops.linear_cross_entropy(hidden[:, :-1].reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets)
 
     # ---- recurrent step (one token per row) ------------------------------------------------------
-    def step(self, input_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
-        """input_ids (b,) -> logits (b, padded vocab); ``state`` advances by one token in place."""
+    def step(self, input_ids: torch.Tensor, state: InferenceState, fused: bool = True) -> torch.Tensor:
+        """input_ids (b,) -> logits (b, padded vocab); ``state`` advances by one token in place.
+
+        ``fused`` (default): each layer's step and norm_f + lm_head go through the fused decode ops where
+        allowed (a few kernels per layer); False: op by op (same numbers on CPU, for comparison).
+        """
         hidden = self.backbone.embedding(input_ids)
         residual = None
         for index, block in enumerate(self.backbone.layers):
-            hidden, residual = block.step(hidden, residual, *state.layer(index))
-        hidden, _ = self.backbone.norm_f(hidden, residual)
+            hidden, residual = block.step(hidden, residual, *state.layer(index), fused=fused)
+        norm_f = self.backbone.norm_f
+        if _fused_step_allowed(fused, hidden.shape[0], (self.lm_head,)):
+            logits, _ = ops.norm_linear(hidden, residual, norm_f.weight, norm_f.eps, self.lm_head.weight,
+                                        self.lm_head.bias, residual_in_fp32=norm_f.residual_in_fp32)
+            return logits
+        hidden, _ = norm_f(hidden, residual)
         return project(self.lm_head, hidden)
 
     def save_pretrained(self, folder, tokenizer=None, layout: str = "hf"):

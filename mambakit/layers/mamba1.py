@@ -84,6 +84,27 @@ class Mamba1Mixer(KeepsFp32Params):
                                        dt_softplus=True)
         return project(self.out_proj, y)
 
+    @property
+    def fused_step_projections(self) -> tuple[nn.Module, ...]:
+        """The projections whose weights ``fused_step`` reads directly (they must be plain nn.Linear)."""
+        return self.in_proj, self.x_proj, self.dt_proj
+
+    def fused_step(self, hidden, residual, pre_norm, conv_state, ssm_state):
+        """``step`` with the block's residual add and RMSNorm folded in, through the fused decode ops:
+        [pre_norm + in_proj] [conv + x_proj] [conv roll + dt_proj + SSM update] [out_proj].
+
+        hidden, residual: (b, d_model) (residual None in the first layer); pre_norm: the block's RMSNorm;
+        conv_state (b, d, k-1), ssm_state (b, d, n) in place. Returns (output, residual_out), (b, d_model) each.
+        """
+        xz, residual = ops.norm_linear(hidden, residual, pre_norm.weight, pre_norm.eps, self.in_proj.weight,
+                                       self.in_proj.bias, residual_in_fp32=pre_norm.residual_in_fp32)
+        x, z = xz.chunk(2, dim=-1)
+        conv_weight = self.conv1d.weight.squeeze(1)
+        x_dbl = ops.mamba1_conv_xproj(x, conv_state, conv_weight, self.conv1d.bias, self.x_proj.weight)
+        y = ops.mamba1_ssm_step(x, z, x_dbl, conv_state, conv_weight, self.conv1d.bias, self.dt_proj.weight,
+                                self.dt_proj.bias, self.A_log, self.D, ssm_state, bcdt_eps=self.bcdt_rms_eps)
+        return project(self.out_proj, y), residual
+
     def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-row shapes of (conv_state, ssm_state)."""
         d_inner = self.A_log.shape[0]

@@ -97,6 +97,28 @@ class Mamba2Mixer(KeepsFp32Params):
         )
         return project(self.out_proj, self.norm(y.reshape(batch, self.d_inner), z))
 
+    @property
+    def fused_step_projections(self) -> tuple[nn.Module, ...]:
+        """The projections whose weights ``fused_step`` reads directly (they must be plain nn.Linear)."""
+        return self.in_proj, self.out_proj
+
+    def fused_step(self, hidden, residual, pre_norm, conv_state, ssm_state):
+        """``step`` with the block's residual add and RMSNorm folded in, through the fused decode ops:
+        [pre_norm + in_proj] [conv + SSM update] [gated norm + out_proj].
+
+        hidden, residual: (b, d_model) (residual None in the first layer); pre_norm: the block's RMSNorm;
+        conv_state (b, c, k-1), ssm_state (b, h, p, n) in place. Returns (output, residual_out), (b, d_model) each.
+        """
+        zxbcdt, residual = ops.norm_linear(hidden, residual, pre_norm.weight, pre_norm.eps, self.in_proj.weight,
+                                           self.in_proj.bias, residual_in_fp32=pre_norm.residual_in_fp32)
+        z, xbc, dt = zxbcdt.split([self.d_inner, self.conv_channels, self.nheads], dim=-1)
+        y = ops.mamba2_conv_ssm_step(xbc, dt, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                     self.dt_bias, self.A_log, self.D, ssm_state, self.ngroups, self.headdim,
+                                     self.dt_limit)
+        out = ops.gated_norm_linear(y, z, self.norm.weight, self.norm.eps, self.norm.group_size,
+                                    self.out_proj.weight, self.out_proj.bias)
+        return out, residual
+
     def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-row shapes of (conv_state, ssm_state)."""
         return (self.conv_channels, self.conv1d.kernel_size[0] - 1), (self.nheads, self.headdim, self.d_state)

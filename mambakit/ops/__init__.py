@@ -89,10 +89,17 @@ rms_norm = Op("rms_norm", "rms_norm")
 gated_rms_norm = Op("gated_rms_norm", "rms_norm")
 linear_cross_entropy = Op("linear_cross_entropy", "linear_cross_entropy")
 linear = Op("linear", "gemv")
+# fused single-token decode ops (a layer's step in 3-4 kernels)
+norm_linear = Op("norm_linear", "decode_fused")
+gated_norm_linear = Op("gated_norm_linear", "decode_fused")
+mamba1_conv_xproj = Op("mamba1_conv_xproj", "decode_fused")
+mamba1_ssm_step = Op("mamba1_ssm_step", "decode_fused_ssm")
+mamba2_conv_ssm_step = Op("mamba2_conv_ssm_step", "decode_fused_ssm")
 
 ALL_OPS = (
     selective_scan, causal_conv1d, causal_conv1d_update, selective_state_update,
     ssd_scan, rms_norm, gated_rms_norm, linear_cross_entropy, linear,
+    norm_linear, gated_norm_linear, mamba1_conv_xproj, mamba1_ssm_step, mamba2_conv_ssm_step,
 )
 
 

@@ -252,3 +252,78 @@ def _check_activation(activation):
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias: x (..., k); weight (n, k); bias (n,). The decode path's projections."""
     return torch.nn.functional.linear(x, weight, bias)
+
+
+# ---- fused single-token decode ops: one kernel each on CUDA (kernels/decode_fused*.py), composed here from
+# the ops above, so that the CPU decode path gives the numbers of the per-op path ---------------------------
+def norm_linear(hidden, residual, norm_weight, eps, weight, bias=None, residual_in_fp32=True):
+    """Residual add + RMSNorm + projection of one token: every layer's in_proj, and norm_f + lm_head.
+
+    hidden, residual: (b, d_model) (residual None for the first layer); norm_weight: (d_model,);
+    weight: (n, d_model); bias: (n,). Returns (y (b, n), residual_out (b, d_model)): residual_out =
+    hidden + residual (fp32 when ``residual_in_fp32``), y = linear(rmsnorm(residual_out) * norm_weight).
+    """
+    normed, residual_out = rms_norm(hidden, norm_weight, eps, residual=residual, residual_in_fp32=residual_in_fp32)
+    return linear(normed, weight, bias), residual_out
+
+
+def mamba1_conv_xproj(x, conv_state, conv_weight, conv_bias, x_proj_weight):
+    """Mamba-1's conv + x_proj for one token, leaving ``conv_state`` as it is (``mamba1_ssm_step`` rolls it).
+
+    x: (b, d); conv_state: (b, d, s), s >= k-1; conv_weight: (d, k); conv_bias: (d,) or None;
+    x_proj_weight: (r + 2n, d). Returns x_dbl (b, r + 2n) = x_proj(silu(conv(conv_state, x))): the
+    low-rank Δ, B and C.
+    """
+    return linear(causal_conv1d_update(x, conv_state.clone(), conv_weight, conv_bias, "silu"), x_proj_weight)
+
+
+def mamba1_ssm_step(x, z, x_dbl, conv_state, conv_weight, conv_bias, dt_proj_weight, dt_proj_bias, A_log, D,
+                    ssm_state, bcdt_eps=None):
+    """Mamba-1's conv (rolling ``conv_state``), dt_proj and SSM update (``ssm_state``) for one token.
+
+    x, z: (b, d) (the in_proj halves); x_dbl: (b, r + 2n) from ``mamba1_conv_xproj``; conv_state: (b, d, s);
+    conv_weight: (d, k); conv_bias: (d,) or None; dt_proj_weight: (d, r); dt_proj_bias: (d,); A_log: (d, n);
+    D: (d,); ssm_state: (b, d, n) fp32. ``bcdt_eps``: Falcon-Mamba's weightless RMSNorm of Δ, B and C (None:
+    off). Returns y (b, d) in x's dtype: y = (C h + D silu(conv)) * silu(z),
+    h <- exp(Δ A) h + Δ B silu(conv), Δ = softplus(dt_proj(Δ_low)), A = -exp(A_log).
+    """
+    x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, "silu")
+    dt, B, C = x_dbl.split([dt_proj_weight.shape[1], A_log.shape[1], A_log.shape[1]], dim=-1)
+    if bcdt_eps is not None:
+        dt, B, C = (rms_norm(t, None, bcdt_eps)[0] for t in (dt, B, C))
+    return selective_state_update(ssm_state, x_conv, linear(dt, dt_proj_weight, dt_proj_bias),
+                                  -torch.exp(A_log.float()), B, C, D.float(), z, dt_softplus=True)
+
+
+def mamba2_conv_ssm_step(xbc, dt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, ssm_state, ngroups,
+                         headdim, dt_limit=(0.0, math.inf)):
+    """Mamba-2's conv (rolling ``conv_state``) and SSM update (``ssm_state``) for one token, without the gate.
+
+    xbc: (b, c) with c = d + 2·g·n (x, B, C); dt: (b, h); conv_state: (b, c, s), s >= k-1; conv_weight: (c, k);
+    conv_bias: (c,) or None; dt_bias, A_log, D: (h,); ssm_state: (b, h, p, n) fp32. Returns y (b, d) in
+    xbc's dtype: y = C h + D x over x, B, C = silu(conv), with Δ = clamp(softplus(dt + dt_bias), dt_limit).
+    """
+    batch = xbc.shape[0]
+    heads, _, state_size = ssm_state.shape[1:]
+    xbc = causal_conv1d_update(xbc, conv_state, conv_weight, conv_bias, "silu")
+    x, B, C = xbc.split([heads * headdim, ngroups * state_size, ngroups * state_size], dim=-1)
+    if tuple(dt_limit) != (0.0, math.inf):
+        dt, dt_bias, softplus = F.softplus(dt.float() + dt_bias.float()).clamp(*dt_limit), None, False
+    else:
+        dt_bias, softplus = dt_bias.float()[:, None].expand(heads, headdim), True
+    y = selective_state_update(
+        ssm_state, x.reshape(batch, heads, headdim), dt[:, :, None].expand(batch, heads, headdim),
+        -torch.exp(A_log.float())[:, None, None].expand(heads, headdim, state_size),
+        B.reshape(batch, ngroups, state_size), C.reshape(batch, ngroups, state_size),
+        D.float()[:, None].expand(heads, headdim), dt_bias=dt_bias, dt_softplus=softplus,
+    )
+    return y.reshape(batch, heads * headdim)
+
+
+def gated_norm_linear(y, z, norm_weight, eps, group_size, weight, bias=None):
+    """Mamba-2's output for one token: linear(rmsnorm_per_group(y * silu(z)) * norm_weight, weight, bias).
+
+    y, z: (b, d); norm_weight: (d,); group_size divides d; weight: (d_model, d); bias: (d_model,).
+    Returns (b, d_model).
+    """
+    return linear(gated_rms_norm(y, z, norm_weight, eps, group_size), weight, bias)

@@ -1,0 +1,348 @@
+"""Fused single-token decode kernels, part 1: GEMVs whose input vector is built inside the kernel.
+
+At batch 1 a decode step is nothing but reading every weight once; inside a CUDA graph each kernel still
+costs a few µs of launch and tail latency on top of its memory traffic, so a layer's step is fused into as
+few kernels as its data dependencies allow (``decode_fused_ssm.py`` holds the recurrence kernels):
+
+- ``norm_linear``: y = linear(rmsnorm(hidden + residual) * norm_weight), the in_proj of every layer (with
+  the previous layer's residual add) and norm_f + lm_head;
+- ``gated_norm_linear``: Mamba-2's out_proj(rmsnorm_per_group(y * silu(z)) * norm_weight);
+- ``mamba1_conv_xproj``: Mamba-1's x_proj(silu(conv(x with conv_state))), conv_state left as it is.
+
+Design (one kernel, ``_input_gemv_kernel``, three input modes):
+- A program owns ``BLOCK_N`` output rows and streams their weights in [BLOCK_N, BLOCK_K] tiles with wide
+  coalesced loads, one tile ahead (the tile for step t+1 is requested before step t is reduced). Each
+  weight tile serves every batch row of the program's batch block (a static loop over up to
+  ``MAX_BATCH_BLOCK`` rows), so the weights are read once for all of them.
+- Every program builds the input vector it needs itself (a row is only d_model..d_inner values): the
+  residual sum, the gate, or the conv window (recomputed for the channels of each K block). RMSNorm needs
+  the row's statistics before any product, but linear(x * rstd) = rstd * linear(x): the kernel
+  accumulates the dot products and the sum of squares in the same pass and scales once per group at the
+  group's end (K blocks never straddle groups), so normalisation costs no extra pass over the input.
+- Programmatic dependent launch (sm_90+, ``MAMBAKIT_DECODE_PDL=0`` turns it off): a kernel may start
+  while the previous one drains; each program requests its first weight tile (weights are never written
+  during decoding), then waits for the previous kernel's writes (``gdc_wait``) before reading any
+  activation, and only then lets the next kernel launch. Everything else is shape-driven: no host sync and
+  no data-dependent allocation, so the kernels capture into CUDA graphs.
+
+Shapes: b batch; hidden, residual (b, d_model); y, z (b, d_inner); x (b, d) with conv_state (b, d, s),
+s >= k-1, conv_weight (d, k); weight (n, K) row-major; outputs (b, n) in the weight's dtype.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Weight elements per program tile (bf16: 16 KB, 32 a thread over 8 warps: ~110-160 registers on sm_90 at
+# batch 1, no spills up to batch 8) and the widest K block of a norm GEMV; benchmarks/decode_probe.py sweeps them.
+GEMV_TILE_ELEMENTS = 8192
+GEMV_MAX_BLOCK_K = 512
+GEMV_NUM_WARPS = 8
+# In the conv mode every K block also holds its channels' conv window and taps ([BLOCK_K, s] each), which
+# bounds BLOCK_K; BLOCK_N stays at least CONV_MIN_BLOCK_N so that few programs recompute the conv.
+CONV_MAX_BLOCK_K = 1024
+CONV_MIN_BLOCK_N = 4
+# Programs per streaming multiprocessor the tile choice aims for (fewer rows per program until reached).
+PROGRAMS_PER_SM = 4
+# Batch rows one program serves from each weight tile; larger batches add programs along grid axis 1.
+MAX_BATCH_BLOCK = 8
+INTERPRETER_SMS = 1
+PDL_ENV = "MAMBAKIT_DECODE_PDL"
+
+INPUT_RESIDUAL_NORM = tl.constexpr(0)  # rmsnorm(hidden + residual) * norm_weight
+INPUT_GATED_NORM = tl.constexpr(1)  # rmsnorm_per_group(y * silu(z)) * norm_weight
+INPUT_CONV_SILU = tl.constexpr(2)  # silu(conv1d(conv_state, x) + conv_bias)
+
+
+# ---- helpers shared with decode_fused_ssm.py ------------------------------------------------------------
+@triton.jit
+def and_flag(mask, flag):
+    """mask & flag for a block mask and a scalar flag, as a select: the interpreter turns block & scalar
+    of booleans into int32, which loads and stores then refuse as a mask."""
+    return tl.where(mask, flag, False)
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """Under programmatic dependent launch: wait until the previous kernel's writes are visible, then let
+    the next kernel launch (its programs prefetch their weights meanwhile). A no-op without PDL."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + exp(x)) as torch's softplus (identity above 20), accurate for very negative x as well."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    return tl.where(x > 20.0, x, tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e)))
+
+
+@triton.jit
+def conv_taps(weight_ptr, bias_ptr, chans, chan_mask, stride_w_c, stride_w_k, state_len,
+              WIDTH: tl.constexpr, BLOCK_S: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The conv weights of a block of channels, fp32: (taps met by the state columns [C, BLOCK_S], zero for
+    columns older than the kernel; tap of the new input [C]; bias [C], zero without one)."""
+    cols = tl.arange(0, BLOCK_S)
+    tap = cols - (state_len - (WIDTH - 1))
+    tap_mask = chan_mask[:, None] & ((tap >= 0) & (cols < state_len))[None, :]
+    state_taps = tl.load(weight_ptr + chans[:, None] * stride_w_c + tap[None, :] * stride_w_k, mask=tap_mask,
+                         other=0.0).to(tl.float32)
+    input_tap = tl.load(weight_ptr + chans * stride_w_c + (WIDTH - 1) * stride_w_k, mask=chan_mask,
+                        other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + chans, mask=chan_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros_like(input_tap)
+    return state_taps, input_tap, bias
+
+
+@triton.jit
+def conv_silu(state_row_ptr, x_row_ptr, chans, chan_mask, state_taps, input_tap, bias,
+              stride_state_c, stride_state_s, state_len, BLOCK_S: tl.constexpr):
+    """silu(conv) of one batch row's channels ``chans`` over the window (conv_state row, x), fp32 [C],
+    and x [C] as stored (the input the state roll appends)."""
+    cols = tl.arange(0, BLOCK_S)
+    window = tl.load(state_row_ptr + chans[:, None] * stride_state_c + cols[None, :] * stride_state_s,
+                     mask=chan_mask[:, None] & (cols < state_len)[None, :], other=0.0).to(tl.float32)
+    x = tl.load(x_row_ptr + chans, mask=chan_mask, other=0.0)
+    out = tl.sum(window * state_taps, axis=1) + x.to(tl.float32) * input_tap + bias
+    return out * tl.sigmoid(out), x
+
+
+@triton.jit
+def roll_conv_state(state_row_ptr, x, chans, chan_mask, stride_state_c, stride_state_s, state_len,
+                    BLOCK_S: tl.constexpr):
+    """conv_state[row, chans] <- (state[1:], x): drop the oldest input, append the new one (in place)."""
+    cols = tl.arange(0, BLOCK_S)
+    ptrs = state_row_ptr + chans[:, None] * stride_state_c + cols[None, :] * stride_state_s
+    shifted = tl.load(ptrs + stride_state_s, mask=chan_mask[:, None] & (cols + 1 < state_len)[None, :], other=0.0)
+    rolled = tl.where((cols == state_len - 1)[None, :], x.to(shifted.dtype)[:, None], shifted)
+    tl.debug_barrier()  # every thread has read the old state before any overwrites it
+    tl.store(ptrs, rolled, mask=chan_mask[:, None] & (cols < state_len)[None, :])
+
+
+# ---- the input-building GEMV --------------------------------------------------------------------------
+@triton.jit
+def _gemv_input(x_row_ptr, residual_row_ptr, gate_row_ptr, state_row_ptr, residual_out_row_ptr,
+                conv_weight_ptr, conv_bias_ptr, cols, col_mask, store_residual, state_len,
+                stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
+                MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+                CONV_WIDTH: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One batch row's input values at ``cols`` (fp32, before normalisation); in the residual mode also
+    stores hidden + residual there when ``store_residual``."""
+    if MODE == INPUT_CONV_SILU:
+        state_taps, input_tap, bias = conv_taps(conv_weight_ptr, conv_bias_ptr, cols, col_mask, stride_conv_w_c,
+                                                stride_conv_w_k, state_len, CONV_WIDTH, BLOCK_S, HAS_CONV_BIAS)
+        values, _ = conv_silu(state_row_ptr, x_row_ptr, cols, col_mask, state_taps, input_tap, bias,
+                              stride_state_c, stride_state_s, state_len, BLOCK_S)
+    else:
+        values = tl.load(x_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if MODE == INPUT_RESIDUAL_NORM:
+            if HAS_RESIDUAL:
+                values += tl.load(residual_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+            tl.store(residual_out_row_ptr + cols, values.to(residual_out_row_ptr.dtype.element_ty),
+                     mask=and_flag(col_mask, store_residual))
+        else:
+            gate = tl.load(gate_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+            values = values * gate * tl.sigmoid(gate)
+    return values
+
+
+@triton.jit
+def _input_gemv_kernel(
+    weight_ptr, bias_ptr, out_ptr, x_ptr, residual_ptr, gate_ptr, norm_weight_ptr, residual_out_ptr,
+    conv_state_ptr, conv_weight_ptr, conv_bias_ptr,
+    batch, N, group_size, groups, eps, state_len,
+    stride_w_n, stride_out_b, stride_x_b, stride_residual_b, stride_gate_b, stride_residual_out_b,
+    stride_state_b, stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
+    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    CONV_WIDTH: tl.constexpr, BLOCK_S: tl.constexpr, BATCH_BLOCK: tl.constexpr, BATCH_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    """Grid (cdiv(N, BLOCK_N), cdiv(batch, BATCH_BLOCK)): out[rows of the batch block, BLOCK_N rows] =
+    weight @ input (+ bias). The K axis is ``groups`` groups of ``group_size``; in the norm modes each group
+    is scaled by its rsqrt(mean square + eps) when its last K block is done."""
+    pid_n = tl.program_id(0)
+    batch_start = tl.program_id(1) * BATCH_BLOCK
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    weight_rows = weight_ptr + rows.to(tl.int64)[:, None] * stride_w_n
+    offs = tl.arange(0, BLOCK_K)
+    blocks_per_group = tl.cdiv(group_size, BLOCK_K)
+    total_blocks = groups * blocks_per_group
+    weights = tl.load(weight_rows + offs[None, :], mask=row_mask[:, None] & (offs < group_size)[None, :],
+                      other=0.0, eviction_policy="evict_first")
+    wait_for_previous_kernel(USE_PDL)
+
+    batch_ids = tl.arange(0, BATCH_PAD)
+    acc = tl.zeros((BATCH_PAD, BLOCK_N), dtype=tl.float32)
+    group_acc = tl.zeros((BATCH_PAD, BLOCK_N), dtype=tl.float32)
+    sum_squares = tl.zeros((BATCH_PAD,), dtype=tl.float32)
+    for block in range(total_blocks):
+        group = block // blocks_per_group
+        in_group = (block - group * blocks_per_group) * BLOCK_K + offs
+        col_mask = in_group < group_size
+        cols = group * group_size + in_group
+        upcoming = block + 1
+        upcoming_group = upcoming // blocks_per_group
+        upcoming_in_group = (upcoming - upcoming_group * blocks_per_group) * BLOCK_K + offs
+        upcoming_mask = and_flag(upcoming_in_group < group_size, upcoming < total_blocks)
+        upcoming_weights = tl.load(weight_rows + (upcoming_group * group_size + upcoming_in_group)[None, :],
+                                   mask=row_mask[:, None] & upcoming_mask[None, :], other=0.0,
+                                   eviction_policy="evict_first")
+        tile = weights.to(tl.float32)
+        if MODE != INPUT_CONV_SILU:
+            norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        for r in tl.static_range(BATCH_BLOCK):
+            row = batch_start + r
+            valid = row < batch
+            values = _gemv_input(
+                x_ptr + row * stride_x_b, residual_ptr + row * stride_residual_b, gate_ptr + row * stride_gate_b,
+                conv_state_ptr + row.to(tl.int64) * stride_state_b, residual_out_ptr + row * stride_residual_out_b,
+                conv_weight_ptr, conv_bias_ptr, cols, and_flag(col_mask, valid), pid_n == 0, state_len,
+                stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
+                MODE, HAS_RESIDUAL, HAS_CONV_BIAS, CONV_WIDTH, BLOCK_S)
+            if MODE != INPUT_CONV_SILU:
+                sum_squares = tl.where(batch_ids == r, sum_squares + tl.sum(values * values, axis=0), sum_squares)
+                values = values * norm_weight
+            partial = tl.sum(tile * values[None, :], axis=1)
+            group_acc = tl.where((batch_ids == r)[:, None], group_acc + partial[None, :], group_acc)
+        if MODE != INPUT_CONV_SILU:
+            group_done = block - group * blocks_per_group == blocks_per_group - 1
+            rstd = tl.rsqrt(sum_squares / group_size + eps)
+            acc = tl.where(group_done, acc + group_acc * rstd[:, None], acc)
+            group_acc = tl.where(group_done, 0.0, group_acc)
+            sum_squares = tl.where(group_done, 0.0, sum_squares)
+        weights = upcoming_weights
+    if MODE == INPUT_CONV_SILU:
+        acc = group_acc
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[None, :]
+    out_rows = batch_start + batch_ids
+    tl.store(out_ptr + out_rows[:, None] * stride_out_b + rows[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(out_rows < batch)[:, None] & row_mask[None, :])
+
+
+# ---- launch helpers (also used by decode_fused_ssm.py) -----------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _cuda_properties(index: int) -> tuple[int, tuple[int, int]]:
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, (props.major, props.minor)
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a handful for the interpreter on CPU tensors)."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return _cuda_properties(device.index if device.index is not None else torch.cuda.current_device())[0]
+
+
+def pdl_launch(device: torch.device) -> tuple[bool, dict]:
+    """(USE_PDL, launch options): programmatic dependent launch on sm_90+ CUDA devices unless
+    ``MAMBAKIT_DECODE_PDL=0``."""
+    if device.type != "cuda" or os.environ.get(PDL_ENV, "1") == "0" or not hasattr(tl.extra.cuda, "gdc_wait"):
+        return False, {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if _cuda_properties(index)[1] < (9, 0):
+        return False, {}
+    return True, {"launch_pdl": True}
+
+
+def unit_stride_rows(t: torch.Tensor) -> torch.Tensor:
+    """t (rows, c) with unit stride along c; rows may stay strided (e.g. slices of a projection output)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _gemv_tiles(n: int, group_size: int, batch_blocks: int, device: torch.device, conv: bool) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K): a tile of GEMV_TILE_ELEMENTS weights; fewer rows and longer K blocks per program
+    until the grid gives PROGRAMS_PER_SM programs per multiprocessor (the conv mode keeps its bounds)."""
+    k_span = triton.next_power_of_2(group_size)
+    longest_k = CONV_MAX_BLOCK_K if conv else k_span
+    block_k = min(k_span, CONV_MAX_BLOCK_K if conv else GEMV_MAX_BLOCK_K)
+    block_n = max(1, min(triton.next_power_of_2(n), GEMV_TILE_ELEMENTS // block_k))
+    fewest_rows = min(CONV_MIN_BLOCK_N, block_n) if conv else 1
+    wanted = PROGRAMS_PER_SM * multiprocessors(device)
+    while block_n > fewest_rows and triton.cdiv(n, block_n) * batch_blocks < wanted:
+        block_n //= 2
+        block_k = min(longest_k, block_k * 2)
+    return block_n, block_k
+
+
+def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight=None, residual_out=None,
+                 conv_state=None, conv_weight=None, conv_bias=None, group_size=None, eps=0.0):
+    """out (b, n) = weight @ input(x, ...) (+ bias) through ``_input_gemv_kernel`` in ``mode``."""
+    batch, width = x.shape
+    n = weight.shape[0]
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    group_size = group_size or width
+    if width % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the input width {width}")
+    out = torch.empty(batch, n, device=x.device, dtype=weight.dtype)
+    batch_block = min(batch, MAX_BATCH_BLOCK)
+    batch_blocks = triton.cdiv(batch, batch_block)
+    conv_mode = mode == INPUT_CONV_SILU
+    block_n, block_k = _gemv_tiles(n, group_size, batch_blocks, x.device, conv_mode)
+    use_pdl, launch_options = pdl_launch(x.device)
+    state_strides = conv_state.stride() if conv_mode else (0, 0, 0)
+    conv_strides = conv_weight.stride() if conv_mode else (0, 0)
+    state_len = conv_state.shape[-1] if conv_mode else 0
+    _input_gemv_kernel[(triton.cdiv(n, block_n), batch_blocks)](
+        weight, bias if bias is not None else weight, out, x,
+        residual if residual is not None else x, gate if gate is not None else x,
+        norm_weight if norm_weight is not None else weight, residual_out if residual_out is not None else out,
+        conv_state if conv_mode else x, conv_weight if conv_mode else weight,
+        conv_bias if conv_bias is not None else weight,
+        batch, n, group_size, width // group_size, eps, state_len,
+        weight.stride(0), out.stride(0), x.stride(0),
+        residual.stride(0) if residual is not None else 0, gate.stride(0) if gate is not None else 0,
+        residual_out.stride(0) if residual_out is not None else 0, *state_strides, *conv_strides,
+        MODE=mode, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        HAS_CONV_BIAS=conv_bias is not None, CONV_WIDTH=conv_weight.shape[-1] if conv_mode else 1,
+        BLOCK_S=triton.next_power_of_2(max(state_len, 1)), BATCH_BLOCK=batch_block,
+        BATCH_PAD=triton.next_power_of_2(batch_block), BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=use_pdl,
+        num_warps=GEMV_NUM_WARPS, **launch_options,
+    )
+    return out
+
+
+# ---- the ops ----------------------------------------------------------------------------------------------
+def norm_linear(hidden, residual, norm_weight, eps, weight, bias=None, residual_in_fp32=True):
+    """Residual add + RMSNorm + projection of one token (see ``reference.norm_linear``).
+
+    hidden, residual: (b, d_model) (residual None for the first layer); norm_weight: (d_model,);
+    weight: (n, d_model); bias: (n,). Returns (y (b, n) in weight's dtype, residual_out (b, d_model) =
+    hidden + residual, fp32 when ``residual_in_fp32``).
+    """
+    hidden = unit_stride_rows(hidden)
+    residual = unit_stride_rows(residual) if residual is not None else None
+    residual_out = torch.empty(hidden.shape, device=hidden.device,
+                               dtype=torch.float32 if residual_in_fp32 else hidden.dtype)
+    y = _launch_gemv(INPUT_RESIDUAL_NORM, weight, bias, hidden, residual=residual, norm_weight=norm_weight,
+                     residual_out=residual_out, eps=eps)
+    return y, residual_out
+
+
+def gated_norm_linear(y, z, norm_weight, eps, group_size, weight, bias=None):
+    """Mamba-2's output: linear(rmsnorm_per_group(y * silu(z)) * norm_weight, weight, bias) for one token.
+
+    y, z: (b, d_inner); norm_weight: (d_inner,); group_size divides d_inner; weight: (d_model, d_inner);
+    bias: (d_model,). Returns (b, d_model) in weight's dtype.
+    """
+    return _launch_gemv(INPUT_GATED_NORM, weight, bias, unit_stride_rows(y), gate=unit_stride_rows(z),
+                        norm_weight=norm_weight, group_size=group_size, eps=eps)
+
+
+def mamba1_conv_xproj(x, conv_state, conv_weight, conv_bias, x_proj_weight):
+    """Mamba-1's x_proj(silu(conv(x with conv_state))) for one token; conv_state is not modified.
+
+    x: (b, d); conv_state: (b, d, s), s >= k-1; conv_weight: (d, k); conv_bias: (d,) or None;
+    x_proj_weight: (r + 2n, d). Returns x_dbl (b, r + 2n) in the weight's dtype.
+    """
+    return _launch_gemv(INPUT_CONV_SILU, x_proj_weight, None, unit_stride_rows(x), conv_state=conv_state,
+                        conv_weight=conv_weight, conv_bias=conv_bias)
