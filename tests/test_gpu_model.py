@@ -58,3 +58,22 @@ def test_training_step_on_triton_path(cuda_model):
     assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
     cuda_model.zero_grad()
     cuda_model.eval()
+
+
+def test_bound_graph_steps_equal_eager_steps(cuda_model):
+    """A server's stepper captures on its slot state: stepping the first rows equals eager steps."""
+    from mambakit.generation.cuda_graph import CudaGraphStepper
+    from mambakit.state import InferenceState
+
+    slots = cuda_model.allocate_state(8)
+    slots.ssm.normal_()
+    slots.conv.normal_()
+    eager = slots.clone()
+    stepper = CudaGraphStepper(cuda_model, bound_state=slots)
+    with torch.inference_mode():
+        for _ in range(3):
+            tokens = torch.randint(0, 257, (3,), device="cuda")
+            graphed = stepper.step_rows(tokens).clone()
+            expected = cuda_model.step(tokens, InferenceState(eager.conv[:, :3], eager.ssm[:, :3]))
+            torch.testing.assert_close(graphed, expected, rtol=0, atol=1e-2)
+    torch.testing.assert_close(slots.ssm[:, :3], eager.ssm[:, :3], rtol=1e-3, atol=1e-3)

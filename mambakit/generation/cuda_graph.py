@@ -6,6 +6,10 @@ launches cost more than the work at batch 1. Replaying a captured graph launches
 A graph reads and writes fixed memory, so each bucket owns a static token buffer, a static state
 (the recurrent state of up to ``bucket`` rows) and static logits. ``DecodeSession`` moves a caller's
 state into the bucket's static state once, steps in place, and writes it back when it ends.
+
+A server keeps one persistent state whose rows are request slots; a stepper *bound* to it captures each
+bucket's graph directly on that state's leading rows, so a step copies nothing but the tokens
+(``step_rows``).
 """
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ class _Captured:
 class CudaGraphStepper:
     """``model.step`` as CUDA graphs. ``capture_seconds`` records the first-call cost per bucket."""
 
-    def __init__(self, model: MambaLM):
+    def __init__(self, model: MambaLM, bound_state: InferenceState | None = None):
+        """``bound_state``: capture on this persistent state's leading rows instead of private buffers."""
         self.model = model
+        self.bound_state = bound_state
         self._graphs: dict[int, _Captured] = {}
         self._pool = None
         self.capture_seconds: dict[int, float] = {}
@@ -42,15 +48,21 @@ class CudaGraphStepper:
         return model.device.type == "cuda"
 
     def bucket(self, batch_size: int) -> int:
+        limit = self.bound_state.batch_size if self.bound_state is not None else None
         for size in BUCKETS:
             if size >= batch_size:
-                return size
+                return size if limit is None else min(size, limit)
         return batch_size  # beyond the largest bucket: an exact-size graph
 
     def _capture(self, bucket: int) -> _Captured:
         started = time.perf_counter()
         tokens = torch.zeros(bucket, dtype=torch.long, device=self.model.device)
-        state = InferenceState.allocate(self.model, bucket)
+        if self.bound_state is None:
+            state = InferenceState.allocate(self.model, bucket)
+            saved = None
+        else:
+            state = InferenceState(self.bound_state.conv[:, :bucket], self.bound_state.ssm[:, :bucket])
+            saved = state.clone()  # the warm-up steps below advance the live rows: put them back after
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
@@ -61,16 +73,33 @@ class CudaGraphStepper:
         with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
             logits = self.model.step(tokens, state)
         self._pool = graph.pool()
+        if saved is not None:
+            state.conv.copy_(saved.conv)
+            state.ssm.copy_(saved.ssm)
         torch.cuda.synchronize()
         self.capture_seconds[bucket] = time.perf_counter() - started
         return _Captured(graph, tokens, state, logits)
 
-    def session(self, state: InferenceState) -> "DecodeSession":
-        """Start decoding ``state``'s rows through the graph of their bucket."""
-        bucket = self.bucket(state.batch_size)
+    def _graph(self, rows: int) -> _Captured:
+        bucket = self.bucket(rows)
         if bucket not in self._graphs:
             self._graphs[bucket] = self._capture(bucket)
-        return DecodeSession(self._graphs[bucket], state)
+        return self._graphs[bucket]
+
+    def session(self, state: InferenceState) -> "DecodeSession":
+        """Start decoding ``state``'s rows through the graph of their bucket (unbound steppers)."""
+        return DecodeSession(self._graph(state.batch_size), state)
+
+    def step_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bound steppers: advance the bound state's first ``len(tokens)`` rows by ``tokens`` (b,) -> logits (b, V).
+
+        Rows up to the bucket size also step (their inputs are whatever the token buffer holds); callers
+        keep unused rows free and reset a row when a new sequence takes it.
+        """
+        captured = self._graph(tokens.shape[0])
+        captured.tokens[: tokens.shape[0]].copy_(tokens)
+        captured.graph.replay()
+        return captured.logits[: tokens.shape[0]]
 
 
 class DecodeSession:

@@ -24,6 +24,7 @@ import torch
 
 from mambakit.errors import UserError
 from mambakit.generation import Generator, LogitProcessor, SamplingParams
+from mambakit.generation.cuda_graph import CudaGraphStepper
 from mambakit.generation.generator import RowText
 from mambakit.state import InferenceState
 
@@ -112,6 +113,9 @@ class Engine:
         self.slots: list[Sequence | None] = [None] * max_batch
         self.waiting: collections.deque[Request] = collections.deque()
         self.greedy = LogitProcessor(GREEDY, generator.vocab_limit, device)
+        # decode steps replay CUDA graphs captured on the slot state itself (no copies per step)
+        self.graphs = CudaGraphStepper(self.model, bound_state=self.state) \
+            if CudaGraphStepper.supported(self.model) else None
         self.counts = collections.Counter()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -168,9 +172,12 @@ class Engine:
                     traceback.print_exc()
                     self._fail_all(f"internal error: {type(exc).__name__}: {exc}")
 
-    def step(self, tokens: torch.Tensor, state: InferenceState) -> torch.Tensor:
-        """One decode step: tokens (b,) and state rows (L, b, ...) -> logits (b, V); the state advances in place."""
-        return self.model.step(tokens, state)
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step of the first ``b`` slots: tokens (b,) -> logits (b, V); their state advances in place."""
+        if self.graphs is not None:
+            return self.graphs.step_rows(tokens)
+        rows = tokens.shape[0]
+        return self.model.step(tokens, InferenceState(self.state.conv[:, :rows], self.state.ssm[:, :rows]))
 
     def _admit(self) -> None:
         """Prefill waiting requests that fit in the free slots and give each sequence its first token."""
@@ -207,8 +214,7 @@ class Engine:
     def _decode(self) -> None:
         """One step for every slot up to the highest one in use."""
         used = 1 + max(slot for slot, seq in enumerate(self.slots) if seq is not None)
-        view = InferenceState(self.state.conv[:, :used], self.state.ssm[:, :used])
-        logits = self.step(self.tokens[:used], view)
+        logits = self.step(self.tokens[:used])
         active = [seq for seq in self.slots[:used] if seq is not None]
         self._take(active, logits[[seq.slot for seq in active]])
 
