@@ -39,11 +39,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MAMBA_1_4B = MambaConfig(model_type="mamba", d_model=2048, n_layer=48, vocab_size=50277)
 
 
-def conversations(max_length: int, repeat: int) -> list:
+def conversations(data_dir: Path, max_length: int, repeat: int) -> list:
     """The 200 oasst conversations as training examples (GPT-NeoX tokens), ``repeat`` times over."""
-    tokenizer = load_tokenizer(SHARED / "tokenizers" / "gpt-neox-20b")
+    tokenizer = load_tokenizer(data_dir / "tokenizers" / "gpt-neox-20b")
     encoder = ExampleEncoder(tokenizer, resolve_template("chatml", tokenizer), max_length)
-    rows = read_source(str(SHARED / "chat" / "oasst1_en_200.chatml.jsonl")).train
+    rows = read_source(str(data_dir / "chat" / "oasst1_en_200.chatml.jsonl")).train
     examples = encoder.encode(to_examples(rows, "chatml", DataReport(), tokenizer.eos_token), DataReport())
     return examples * repeat
 
@@ -88,12 +88,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--modes", default="packed,padded-grouped,padded-random")
+    parser.add_argument("--data-dir", type=Path, default=SHARED, help=f"the shared data folder (default {SHARED})")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/finetune_throughput_*.json)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
 
-    examples = conversations(args.max_length, repeat=8)
+    examples = conversations(args.data_dir, args.max_length, repeat=8)
     model = MambaLM.from_config(MAMBA_1_4B, device="cuda", seed=0).train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -84,24 +84,25 @@ def finetune(recipe: Recipe, output: str | Path, resume: bool = False, callbacks
 
     if not recipe.model:
         raise UserError("no model to fine-tune: pass --model (a folder, hub id or preset)")
+    resume_from = _check_output(Path(output), resume)
     model, tokenizer, _ = load(recipe.model, device="cpu", dtype=torch.float32, tokenizer=recipe.tokenizer)
     examples = read_examples(recipe, tokenizer.eos_token or EOS_TOKEN)
-    return _train(model, tokenizer, examples, recipe, Path(output), resume, callbacks)
+    return _train(model, tokenizer, examples, recipe, Path(output), resume_from, callbacks)
 
 
 def pretrain(recipe: Recipe, output: str | Path, resume: bool = False, callbacks: tuple = ()) -> dict:
     """Train a new model (``recipe.model_config``) from scratch on raw text; returns the train report."""
     output = Path(output)
+    resume_from = _check_output(output, resume)
     examples = read_examples(recipe, EOS_TOKEN)
-    last = _checkpoint_to_resume(output) if resume else None
-    if last is not None:
-        tokenizer = load_tokenizer(last)  # the tokenizer the run started with (a trained BPE may differ)
+    if resume_from is not None:
+        tokenizer = load_tokenizer(resume_from)  # the tokenizer the run started with
     else:
         texts = [getattr(e, "text", "") for e in examples.train]
         tokenizer = new_tokenizer(recipe.tokenizer, texts)
     seed = recipe.training_arguments()["seed"]
     model = new_model(recipe.model_config, tokenizer, seed)
-    return _train(model, tokenizer, examples, recipe, output, resume, callbacks)
+    return _train(model, tokenizer, examples, recipe, output, resume_from, callbacks)
 
 
 def _checkpoint_to_resume(output: Path) -> str:
@@ -123,8 +124,8 @@ def _check_output(output: Path, resume: bool) -> str | None:
     return None
 
 
-def _train(model, tokenizer, examples: Examples, recipe: Recipe, output: Path, resume: bool, extra_callbacks) -> dict:
-    resume_from = _check_output(output, resume)
+def _train(model, tokenizer, examples: Examples, recipe: Recipe, output: Path, resume_from: str | None,
+           extra_callbacks) -> dict:
     options = recipe.training_arguments()
     train, held_out = encode(examples, tokenizer, recipe, options["seed"])
     if not recipe.packing:
@@ -159,11 +160,16 @@ def _train(model, tokenizer, examples: Examples, recipe: Recipe, output: Path, r
     }
     final = _save_final(trainer, tokenizer, recipe, output)
     if trainer.is_world_process_zero():
+        _write_report(output, report)
         if recipe.sample_prompt:
             report["sample"] = {"prompt": recipe.sample_prompt,
                                 "completion": _sample(final, tokenizer, recipe.sample_prompt)}
-        (output / TRAIN_REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            _write_report(output, report)
     return report
+
+
+def _write_report(output: Path, report: dict) -> None:
+    (output / TRAIN_REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def _save_final(trainer: MambaTrainer, tokenizer, recipe: Recipe, output: Path):
