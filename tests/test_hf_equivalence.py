@@ -5,7 +5,7 @@ import torch
 import mambakit
 from mambakit.tokenizer import byte_tokenizer
 from mambakit.generation import Generator, SamplingParams
-from tiny_models import KINDS, VOCAB, hf_model, save_hf, save_state_spaces
+from tiny_models import KINDS, VOCAB, hf_model, save_hf, save_state_spaces, skip_unless_comparable
 
 LAYOUTS = {"hf": save_hf, "state-spaces": save_state_spaces}
 
@@ -17,6 +17,7 @@ def kind(request):
 
 @pytest.fixture(scope="module")
 def reference(kind):
+    skip_unless_comparable(kind)
     return hf_model(kind)
 
 

@@ -5,6 +5,7 @@ weights is the proof that real checkpoints load and run.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -26,6 +27,22 @@ KINDS = {
                       dict(hidden_size=32, state_size=16, num_hidden_layers=2, num_heads=8, head_dim=8, n_groups=4,
                            chunk_size=8, tie_word_embeddings=False)),
 }
+
+
+def hf_groups_gated_norm() -> bool:
+    """Whether this transformers normalises Mamba-2's gated RMSNorm per group, as mamba_ssm (and
+    mambakit) do. Older releases (e.g. 5.17, on the GPU machine) normalise over all groups at once,
+    which is only the same model when n_groups == 1 (transformers PR #40861)."""
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    return "group_size" in inspect.signature(MambaRMSNormGated.__init__).parameters
+
+
+def skip_unless_comparable(kind: str) -> None:
+    import pytest
+
+    if kind == "mamba2_groups" and not hf_groups_gated_norm():
+        pytest.skip(f"transformers {transformers.__version__} normalises Mamba-2 n_groups > 1 over all groups")
 
 
 def hf_model(kind: str, seed: int = 0):
