@@ -3,14 +3,19 @@
 # Usage: bash benchmarks/device_run.sh [tests] [probe] [bench14] [bench2]   (default: all)
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
 steps=${*:-tests probe bench14 bench2}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$OUT/gpu.txt"
 for step in $steps; do
   case $step in
-    tests) timeout 200 python -m pytest -m gpu -q -p no:cacheprovider tests/test_ops_*.py tests/test_gpu_model.py 2>&1 | tail -40 > "$OUT/gpu_tests.log"; tail -15 "$OUT/gpu_tests.log" ;;
+    tests) timeout 240 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_*.py tests/test_gpu_model.py > "$OUT/gpu_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/gpu_tests.log" | tail -30 ;;
     probe) timeout 60 python benchmarks/gemv_probe.py "$OUT/gemv_probe.json" ;;
-    bench14) timeout 220 python -m mambakit.cli bench --shape mamba-1.4b --baseline hf --out "$OUT/h200-mamba-1.4b.json" 2>&1 | tail -30 ;;
-    bench2) timeout 120 python -m mambakit.cli bench --shape mamba2-1.3b --out "$OUT/h200-mamba2-1.3b.json" 2>&1 | tail -30 ;;
+    bench14) timeout 220 python -m mambakit.bench --shape mamba-1.4b --baseline hf --out "$OUT/h200-mamba-1.4b.json" 2>&1 | tail -30 ;;
+    parity) timeout 120 python benchmarks/op_parity.py cuda 2>&1 | grep -v "falling back" ;;
+    kerneltests) timeout 150 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_rms_norm.py tests/test_ops_ssd.py > "$OUT/kernel_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/kernel_tests.log" | tail -20 ;;
+    serve) timeout 200 python benchmarks/serve_load.py --random-shape mamba-1.4b --out "$OUT/h200-serve-mamba-1.4b.json" 2>&1 | tail -15 ;;
+    long14) OUT=$OUT EXTRA="--time-limit 150" bash benchmarks/long_context.sh mamba-1.4b 2>&1 | tail -25 ;;
+    long2) OUT=$OUT EXTRA="--time-limit 150" bash benchmarks/long_context.sh mamba2-1.3b 2>&1 | tail -25 ;;
+    bench2) timeout 120 python -m mambakit.bench --shape mamba2-1.3b --out "$OUT/h200-mamba2-1.3b.json" 2>&1 | tail -30 ;;
   esac
 done

@@ -260,7 +260,6 @@ class MambaConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-
 def _first(value):
     return value[0] if isinstance(value, list) and value else value
 

@@ -15,6 +15,7 @@ from mambakit.model import MambaLM
 from mambakit.tokenizer import DEFAULT_TOKENIZER, byte_tokenizer, has_tokenizer, load_tokenizer
 
 PRESET_PREFIX = "mambakit:"
+ASSETS = Path(__file__).parent / "assets"  # trained checkpoints that ship with the package
 # Built-in presets: random weights from a fixed seed, byte-level tokenizer; no file, no network.
 PRESETS = {
     "tiny-random": MambaConfig(model_type="mamba", d_model=64, n_layer=2, vocab_size=257, d_state=16),
@@ -98,11 +99,20 @@ def _load_model(name_or_path, device, dtype):
     return model, (folder if has_tokenizer(folder) else None)
 
 
+def available_presets() -> list[str]:
+    """Preset names: trained checkpoints shipped in the package (mambakit/assets/NAME) and random ones."""
+    shipped = [path.name for path in ASSETS.iterdir() if (path / "config.json").is_file()] if ASSETS.is_dir() else []
+    return sorted(set(shipped) | set(PRESETS))
+
+
 def _load_preset(preset: str, device, dtype):
+    shipped = ASSETS / preset
+    if (shipped / "config.json").is_file():
+        return checkpoint.load_model(shipped, device=device, dtype=dtype), shipped
     if preset not in PRESETS:
         raise checkpoint.CheckpointError(
             f"unknown preset {PRESET_PREFIX}{preset}; built-in presets: "
-            + ", ".join(PRESET_PREFIX + name for name in PRESETS)
+            + ", ".join(PRESET_PREFIX + name for name in available_presets())
         )
     model = MambaLM.from_config(PRESETS[preset], device=device, dtype=dtype, seed=0)
     return model, byte_tokenizer()
