@@ -6,17 +6,19 @@ from mambakit.ops import reference
 from mambakit.ops.kernels import causal_conv1d as conv_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOLERANCES = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+TOLERANCES = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2),
+              torch.float16: dict(rtol=5e-3, atol=1e-2)}
 
 
 @pytest.fixture(autouse=True)
-def _small_tiles(monkeypatch):
-    """Tiles of a few positions (so that taps and sequence boundaries cross tile edges at test shapes), and
-    backward programs that each walk several tiles."""
+def _small_launches(monkeypatch):
+    """Programs of 16 bytes of channels (4 fp32, 8 bf16) and a few positions, loading 3 rows per step (so that
+    taps and sequence boundaries cross channel-block, chunk and step edges at test shapes)."""
     if DEVICE == "cpu":
-        monkeypatch.setattr(conv_kernels, "FORWARD_TILE_ELEMENTS", 8)
-        monkeypatch.setattr(conv_kernels, "BACKWARD_TILE_ELEMENTS", 8)
-        monkeypatch.setattr(conv_kernels, "BACKWARD_TARGET_PROGRAMS", 2)
+        for config in (conv_kernels.FORWARD_CONFIG, conv_kernels.BACKWARD_CONFIG):
+            monkeypatch.setitem(config, "row_bytes", 16)
+            monkeypatch.setitem(config, "rows_per_step", 3)
+            monkeypatch.setitem(config, "target_programs", 8)
 
 
 def _make_inputs(batch, channels, length, width, dtype, bias=True, initial_state=False, channels_last=False):
@@ -72,12 +74,23 @@ def test_conv_initial_and_final_state(width, channels_last):
 
 
 @pytest.mark.parametrize("width", [2, 3, 4])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_conv_packed_sequences(width, dtype):
     """seq_idx boundaries at 2, 3 (closer than k-1) and 8; the initial state must reach only sequence 0."""
     tensors = _make_inputs(2, 6, 11, width, dtype, initial_state=True, channels_last=True)
     seq_idx = torch.tensor([[0, 0, 1, 2, 2, 2, 2, 2, 3, 3, 3], [0] * 4 + [1] * 7], device=DEVICE, dtype=torch.int32)
     _assert_matches(tensors, dtype, activation="silu", seq_idx=seq_idx, return_final_state=True)
+
+
+@pytest.mark.parametrize("rows_per_step,target_programs", [(1, 64), (4, 1), (2, 1000)])
+def test_conv_launch_shapes(monkeypatch, rows_per_step, target_programs):
+    """Chunks of one position, one chunk for the whole sequence, and more programs asked for than positions."""
+    for config in (conv_kernels.FORWARD_CONFIG, conv_kernels.BACKWARD_CONFIG):
+        monkeypatch.setitem(config, "rows_per_step", rows_per_step)
+        monkeypatch.setitem(config, "target_programs", target_programs)
+    tensors = _make_inputs(2, 6, 11, 4, torch.float32, initial_state=True, channels_last=True)
+    seq_idx = torch.tensor([[0, 0, 1, 2, 2, 2, 2, 2, 3, 3, 3], [0] * 4 + [1] * 7], device=DEVICE, dtype=torch.int32)
+    _assert_matches(tensors, torch.float32, activation="silu", seq_idx=seq_idx, return_final_state=True)
 
 
 def test_conv_final_state_of_sequence_shorter_than_window():
@@ -119,6 +132,19 @@ def test_conv_update_matches_reference(width, state_len, activation):
     expected = reference.causal_conv1d_update(x, expected_state, weight, bias, activation)
     actual = conv_kernels.causal_conv1d_update(x, actual_state, weight, bias, activation)
     torch.testing.assert_close(actual, expected, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(actual_state, expected_state, rtol=0, atol=0)
+
+
+def test_conv_update_several_channel_blocks(monkeypatch):
+    """Channels split over programs of 32 (the last one partly masked), fp16, no bias."""
+    monkeypatch.setitem(conv_kernels.UPDATE_CONFIG, "block_d", 32)
+    x = torch.randn(2, 70, device=DEVICE, dtype=torch.float16)
+    state = torch.randn(2, 70, 3, device=DEVICE, dtype=torch.float16)
+    weight = torch.randn(70, 4, device=DEVICE, dtype=torch.float16)
+    expected_state, actual_state = state.clone(), state.clone()
+    expected = reference.causal_conv1d_update(x, expected_state, weight, None, "silu")
+    actual = conv_kernels.causal_conv1d_update(x, actual_state, weight, None, "silu")
+    torch.testing.assert_close(actual, expected, **TOLERANCES[torch.float16])
     torch.testing.assert_close(actual_state, expected_state, rtol=0, atol=0)
 
 
