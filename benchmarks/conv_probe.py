@@ -1,15 +1,16 @@
 """Causal conv1d probe: times the Triton conv (forward, backward, forward+backward, decode update) under several
 launch configurations at mamba shapes, one JSON line per measurement, so that one GPU run picks the best.
 
-Run on a GPU:  python benchmarks/conv_probe.py [--shapes long,train] [--only default,bwd] [--baseline FILE]
-  [--out FILE]
+Run on a GPU:  PYTHONPATH=. python benchmarks/conv_probe.py [--shapes long,train] [--only default,backward]
+  [--baseline FILE] [--out FILE]
 
-Configurations: each entry of SWEEP names a kernel ('forward', 'backward' or 'update') and lists values for
-one key of that kernel's launch dict (FORWARD_CONFIG, BACKWARD_CONFIG, UPDATE_CONFIG in
-mambakit/ops/kernels/causal_conv1d.py); every value is timed with the other keys at DEFAULTS. Set the
-environment variable CONV_PROBE_SWEEP to a JSON list of such entries to replace SWEEP, e.g.
+Configurations: each entry of SWEEP is (kernel, {key: value, ...}), kernel 'forward', 'backward' or 'update':
+one configuration of that kernel's launch dict (FORWARD_CONFIG, BACKWARD_CONFIG, UPDATE_CONFIG in
+mambakit/ops/kernels/causal_conv1d.py) with those keys changed from DEFAULTS, timed with the other kernels
+at their defaults. The defaults of all three are timed first. The environment variable CONV_PROBE_SWEEP, a
+JSON list of such entries, replaces SWEEP, e.g.
   CONV_PROBE_SWEEP='[["backward", {"row_bytes": 2048, "num_warps": 8}], ["backward", {"rows_per_step": 4}]]'
-(an entry is [kernel, {key: value, ...}]: one configuration with those keys changed).
+``--only`` keeps the configurations whose label (as printed) or kernel is listed.
 ``--baseline FILE`` also times another version of the kernel module (e.g. the old one:
 ``git show 84ec8f8:mambakit/ops/kernels/causal_conv1d.py > benchmarks/conv_old.py``) at its own defaults.
 
@@ -41,16 +42,19 @@ UPDATE_BATCHES = (1, 64)
 UPDATE_GRAPH_CALLS = 100
 DEFAULTS = {"forward": dict(conv.FORWARD_CONFIG), "backward": dict(conv.BACKWARD_CONFIG),
             "update": dict(conv.UPDATE_CONFIG)}
-# One configuration per (kernel, dict of changed keys); the row_bytes/num_warps pairs keep 8-byte (256 * warps)
-# or 16-byte (512 * warps) accesses per thread.
+# row_bytes / (64 * num_warps) = bf16 channels per thread (2, 4 or 8: 4-, 8- or 16-byte accesses); the backward
+# nears 255 registers at 8 channels or 12 rows per step and spills beyond.
 SWEEP = (
-    [(kernel, change) for kernel in ("forward", "backward") for change in (
+    [("forward", change) for change in (
         {"row_bytes": 512, "num_warps": 2}, {"row_bytes": 2048, "num_warps": 8},
-        {"row_bytes": 1024, "num_warps": 2}, {"row_bytes": 2048, "num_warps": 4},
+        {"row_bytes": 2048, "num_warps": 4}, {"row_bytes": 4096, "num_warps": 8},
         {"rows_per_step": 4}, {"rows_per_step": 16},
         {"target_programs": 528}, {"target_programs": 2112}, {"target_programs": 4224})]
-    + [("backward", {"rows_per_step": 4, "row_bytes": 2048, "num_warps": 8}),
-       ("backward", {"rows_per_step": 16, "row_bytes": 512, "num_warps": 2})]
+    + [("backward", change) for change in (
+        {"row_bytes": 256, "num_warps": 1}, {"row_bytes": 512, "num_warps": 2}, {"row_bytes": 2048, "num_warps": 8},
+        {"rows_per_step": 4}, {"rows_per_step": 6}, {"rows_per_step": 12},
+        {"target_programs": 528}, {"target_programs": 2112}, {"target_programs": 4224},
+        {"rows_per_step": 4, "target_programs": 2112}, {"rows_per_step": 12, "row_bytes": 512, "num_warps": 2})]
     + [("update", {"block_d": block_d}) for block_d in (32, 64, 256, 512)]
 )
 TOLERANCE = 2e-2  # relative error of bf16 outputs against the fp32 reference
@@ -61,7 +65,8 @@ def _median_ms(fn, grad_to_none=None) -> float:
 
 
 def _compiled(module) -> dict:
-    """{id: (n_regs, n_spills)} of every compiled variant of the module's kernels (empty if Triton hides them)."""
+    """{id: (kernel name, registers, spills)} of every compiled variant of the module's kernels (empty where
+    Triton keeps them elsewhere; registers are known once a variant has run)."""
     stats = {}
     for name in ("_conv_forward_kernel", "_conv_backward_kernel", "_conv_update_kernel"):
         for cache in getattr(getattr(module, name, None), "device_caches", {}).values():

@@ -36,7 +36,7 @@ from mambakit.ops.reference import _check_activation
 # more means more halo rows).
 FORWARD_CONFIG = {"row_bytes": 1024, "num_warps": 4, "rows_per_step": 8, "target_programs": 1024}
 BACKWARD_CONFIG = {"row_bytes": 1024, "num_warps": 4, "rows_per_step": 8, "target_programs": 1024}
-# block_d: channels per program, a multiple of 32: one channel per thread (block_d / 32 warps), so that a
+# block_d: channels per program, a power of two >= 32: one channel per thread (block_d / 32 warps), so that a
 # thread owns its channels' state for the in-place shift and every access shares one layout.
 UPDATE_CONFIG = {"block_d": 128}
 
@@ -347,7 +347,7 @@ def _launch_shape(x: torch.Tensor, config: dict, positions: int, halo: int) -> t
     block_d = min(block_d, triton.next_power_of_2(channels))
     num_warps = max(1, min(num_warps, block_d // 32))
     programs_l = max(1, config["target_programs"] // (triton.cdiv(channels, block_d) * batch))
-    walked = triton.cdiv(triton.cdiv(positions, programs_l) + halo, rows_per_step) * rows_per_step
+    walked = triton.cdiv(max(1, triton.cdiv(positions, programs_l)) + halo, rows_per_step) * rows_per_step
     chunk_len = walked - halo  # >= 1: walked > halo
     return block_d, num_warps, chunk_len, triton.cdiv(positions, chunk_len)
 
