@@ -1,330 +1,77 @@
-"""Triton kernels for the Mamba-1 selective scan (S6), forward and backward.
+"""Triton selective scan (Mamba-1 S6), forward and backward: the autograd wrapper and launch geometry.
 
 Same signature, shapes, dtype rules and results as ``mambakit.ops.reference.selective_scan``.
 
-Algorithm. One program owns a block of ``BLOCK_D`` channels of one batch row and walks the sequence
-in chunks of ``CHUNK`` time steps. Per chunk it loads u, delta (and z) once as (BLOCK_D, CHUNK) tiles,
-coalesced along l, then loops over the n states: for state n the recurrence
-``h_t = exp(delta_t A_n) h_{t-1} + delta_t u_t B_{n,t}`` is solved over the chunk with
-``tl.associative_scan`` (the state entering the chunk is folded into the first step), and
-``C_{n,t} h_t`` is accumulated into y, which is written once per chunk. The state leaving the chunk
-goes to a small checkpoint buffer (b, slots, n, d) in fp32 and is read back by the next chunk.
+Two implementations, chosen by ``CONFIG["variant"]`` (read at every call, like the tile parameters, so
+that benchmarks/scan_probe.py can sweep them without editing this file):
+- "segmented" (default; selective_scan_forward.py and selective_scan_backward.py): each thread runs the
+  recurrence of one channel (all n states in its registers), the sequence is cut into segments that run
+  in parallel (a summary pass gives each segment its entering state), and u, delta, z, dy are read through
+  their strides, so the transposed (b, l, d) views of the model are not copied.
+- "chunked" (selective_scan_chunked.py): the first kernel, a scan over time per state; the baseline.
 
-The forward keeps every chunk's entering state when a backward will follow: that is the only thing
-saved besides the inputs (b * n * d * l / CHUNK floats). The backward walks the chunks in reverse:
-it recomputes h inside the chunk from the checkpoint, solves the adjoint recurrence
-``g_t = C_t dout_t + exp(delta_{t+1} A) g_{t+1}`` with a reverse scan (the adjoint arriving from the
-next chunk folded into the last step), and forms every gradient from h and g:
-dC = sum_d dout h, dB = sum_d g delta u (both added atomically into fp32 (b, g, n, l) buffers after
-a reduction over the program's channels), d(delta u) = sum_n g B, and, through the decay,
-g_t exp(delta_t A) h_{t-1} = g_t (h_t - delta_t u_t B_t) which gives dA and the decay's part of ddelta.
-
-``seq_idx`` resets become a per-position log-decay of -inf (decay 0); padded positions past l have
-delta = 0 and B = 0, so they neither decay nor drive the state.
+Tile parameters of the segmented kernels:
+- block_d, num_warps: channels and warps of a forward program (block_d = 32 * num_warps puts one channel
+  on each thread; smaller block_d spreads a channel's states over 32 * num_warps / block_d lanes).
+- warps_per_sm, min_segment: the forward cuts the sequence into segments of at least min_segment steps
+  until batch * channel blocks * segments programs bring about warps_per_sm warps per SM.
+- checkpoint: steps between the states the forward saves for the backward; the backward runs one program
+  per checkpoint interval and channel block (backward_block_d channels, one warp).
+- backward_sub: steps whose states a backward program holds in registers while it runs the adjoint back
+  (a power of two >= 4); the state entering each sub-tile goes through a scratch buffer of
+  b * l / backward_sub * n * d floats.
+- backward_maxnreg: register cap of the backward kernel (None: ptxas decides; it takes all 255).
+Chunked parameters: chunk (steps per tile; 32 below 512 steps), chunk_num_warps.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
-import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
+from mambakit.ops.kernels import selective_scan_chunked as chunked
+from mambakit.ops.kernels.selective_scan_backward import _adjoint_summary_kernel, _segment_backward_kernel
+from mambakit.ops.kernels.selective_scan_forward import _segment_output_kernel, _segment_summary_kernel
 
-
-@triton.jit
-def _linear_recurrence_combine(decay_early, state_early, decay_late, state_late):
-    """Compose two stretches of h -> decay * h + state, the earlier one applied first."""
-    return decay_early * decay_late, decay_late * state_early + state_late
-
-
-@triton.jit
-def _adjoint_recurrence_combine(first_late, inner_late, adjoint_late, first_early, inner_early, adjoint_early):
-    """Compose two stretches of the adjoint recurrence g_t = c_t + a_{t+1} g_{t+1} (reverse-scan order:
-    the later stretch comes first). A stretch [i, j] is summarised by (a_i, prod_{k=i+1..j} a_k, g_i
-    computed from the stretch alone); no shifted copy of a is needed."""
-    bridge = inner_early * first_late
-    return first_early, bridge * inner_late, adjoint_early + bridge * adjoint_late
+CONFIG = {
+    "variant": "segmented",
+    "block_d": 32, "num_warps": 1, "warps_per_sm": 24, "min_segment": 128,
+    "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
+    "chunk": 64, "chunk_num_warps": 1,
+}
+VARIANTS = ("segmented", "chunked")
 
 
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 elsewhere: the interpreter needs no parallelism)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-@triton.jit
-def _load_delta(u_ptrs, delta_ptrs, tile_mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
-                DELTA_SOFTPLUS: tl.constexpr):
-    """(delta, delta * u) for one (BLOCK_D, CHUNK) tile in fp32, both zero outside ``tile_mask``."""
-    delta = tl.load(delta_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-    if HAS_DELTA_BIAS:
-        delta += delta_bias
-    if DELTA_SOFTPLUS:
-        delta = _softplus(delta)
-    delta = tl.where(tile_mask, delta, 0.0)
-    return delta, delta * tl.load(u_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+def _round_up(value: int, multiple: int) -> int:
+    return triton.cdiv(value, multiple) * multiple
 
 
-@triton.jit
-def _load_state_inputs(A_ptrs, B_ptrs, C_ptrs, state_ptrs, n, stride_A_n, stride_bc_n, stride_states_n, d_mask):
-    """A[:, n] (BLOCK_D,), rows n of B and C broadcast to (BLOCK_D, CHUNK) tiles, and the state n entering
-    the chunk (BLOCK_D,), all fp32. The state loops fetch state n + 1's inputs while computing state n;
-    the state (written by the previous chunk, so an L2 read) is loaded volatile so that the compiler
-    keeps the fetch early in the loop body instead of sinking it next to its use."""
-    A_n = tl.load(A_ptrs + n * stride_A_n, mask=d_mask, other=0.0)
-    B_n = tl.load(B_ptrs + n * stride_bc_n)
-    C_n = tl.load(C_ptrs + n * stride_bc_n)
-    h_start = tl.load(state_ptrs + n * stride_states_n, mask=d_mask, other=0.0, volatile=True)
-    return A_n, B_n, C_n, h_start
+def _steps_per_tile(*tensors: torch.Tensor | None) -> int:
+    """Steps per input tile: 16 bytes of the widest input dtype (one vector load when l is contiguous)."""
+    return 16 // max(t.element_size() for t in tensors if t is not None)
 
 
-@triton.jit
-def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, y_ptr, states_ptr,
-    length, channels, state_size, channels_per_group, num_state_slots,
-    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d, stride_y_b, stride_y_d,
-    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_bc_n, stride_keep_b,
-    stride_states_b, stride_states_slot, stride_states_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-):
-    """Grid (cdiv(d, BLOCK_D), b). u, delta, z, y: (b, d, l), unit stride along l; A: (d, n);
-    B, C: (b, g, n, l_pad) fp32 (zero past l); log_keep: (b, l_pad) fp32, -inf where a sequence starts;
-    states: (b, slots, n, d) fp32, slot 0 holds the initial state, chunk c reads slot c % slots and
-    writes slot (c + 1) % slots."""
-    block = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)  # batch * stride can pass 2**31
-    d_offs = block * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d_offs < channels
-    t_local = tl.arange(0, CHUNK)
-    is_first = (t_local == 0)[None, :]
-    is_last = (t_local == CHUNK - 1)[None, :]
-    row_of_tile = tl.zeros((BLOCK_D, 1), dtype=tl.int32)  # broadcasts per-position vectors to tiles
-
-    group = (block * BLOCK_D) // channels_per_group
-    B_base = B_ptr + batch * stride_bc_b + group * stride_bc_g
-    C_base = C_ptr + batch * stride_bc_b + group * stride_bc_g
-    A_ptrs = A_ptr + d_offs * stride_A_d
-    states_base = states_ptr + batch * stride_states_b + d_offs
-    if HAS_D:
-        skip = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0)[:, None]
-    delta_bias = 0.0
-    if HAS_DELTA_BIAS:
-        delta_bias = tl.load(delta_bias_ptr + d_offs, mask=d_mask, other=0.0)[:, None]
-
-    for chunk in range(tl.cdiv(length, CHUNK)):
-        t_offs = chunk * CHUNK + t_local
-        tile_mask = d_mask[:, None] & (t_offs < length)[None, :]
-        u_ptrs = u_ptr + batch * stride_u_b + d_offs[:, None] * stride_u_d + t_offs[None, :]
-        delta_ptrs = delta_ptr + batch * stride_delta_b + d_offs[:, None] * stride_delta_d + t_offs[None, :]
-        delta, delta_u = _load_delta(u_ptrs, delta_ptrs, tile_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-        bc_offs = row_of_tile + t_offs[None, :]
-        if HAS_SEQ_IDX:
-            log_keep = tl.load(log_keep_ptr + batch * stride_keep_b + bc_offs)
-        state_in = states_base + (chunk % num_state_slots) * stride_states_slot
-        state_out = states_base + ((chunk + 1) % num_state_slots) * stride_states_slot
-
-        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        A_next, B_next, C_next, h_start_next = _load_state_inputs(
-            A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0, stride_A_n, stride_bc_n, stride_states_n, d_mask)
-        for n in range(state_size):
-            A_n, B_n, C_n, h_start = A_next, B_next, C_next, h_start_next
-            A_next, B_next, C_next, h_start_next = _load_state_inputs(
-                A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, tl.minimum(n + 1, state_size - 1),
-                stride_A_n, stride_bc_n, stride_states_n, d_mask)
-            log2_decay = delta * (A_n * LOG2E)[:, None]
-            if HAS_SEQ_IDX:
-                log2_decay += log_keep
-            decay = tl.exp2(log2_decay)
-            drive = delta_u * B_n
-            drive = tl.where(is_first, drive + decay * h_start[:, None], drive)
-            _, h = tl.associative_scan((decay, drive), axis=1, combine_fn=_linear_recurrence_combine)
-            y += h * C_n
-            h_end = tl.sum(tl.where(is_last, h, 0.0), axis=1)
-            tl.store(state_out + n * stride_states_n, h_end, mask=d_mask)
-
-        if HAS_D:
-            y += skip * tl.load(u_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_ptr + batch * stride_z_b + d_offs[:, None] * stride_z_d + t_offs[None, :],
-                        mask=tile_mask, other=0.0).to(tl.float32)
-            y *= z * tl.sigmoid(z)
-        tl.store(y_ptr + batch * stride_y_b + d_offs[:, None] * stride_y_d + t_offs[None, :],
-                 y.to(y_ptr.dtype.element_ty), mask=tile_mask)
-        tl.debug_barrier()  # the next chunk reads the states written above by other threads
-
-
-@triton.jit
-def _selective_scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, states_ptr, dy_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr, adjoint_ptr,
-    length, channels, state_size, channels_per_group,
-    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d, stride_dy_b, stride_dy_d,
-    stride_du_b, stride_du_d, stride_ddelta_b, stride_ddelta_d, stride_dz_b, stride_dz_d,
-    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_bc_n, stride_keep_b,
-    stride_states_b, stride_states_slot, stride_states_n, stride_adjoint_b, stride_adjoint_slot, stride_adjoint_n,
-    stride_dA_b, stride_dA_d, stride_dD_b,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STATE_PAD: tl.constexpr,
-):
-    """Grid (cdiv(d, BLOCK_D), b). Inputs as in the forward kernel, with states holding every chunk's
-    entering state (slot c for chunk c) and dy: (b, d, l). Writes du, ddelta, dz: (b, d, l);
-    adds into dB, dC: (b, g, n, l_pad) fp32 (zeroed by the caller); writes per-batch partial sums
-    dA: (b, d, n), dD and ddelta_bias: (b, d). adjoint: (b, 2, n, d) fp32, the gradient reaching the
-    state between chunks; the caller puts the final state's gradient in slot num_chunks % 2 and finds
-    the initial state's gradient in slot 0."""
-    block = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)  # batch * stride can pass 2**31
-    d_offs = block * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d_offs < channels
-    t_local = tl.arange(0, CHUNK)
-    is_first = (t_local == 0)[None, :]
-    is_last = (t_local == CHUNK - 1)[None, :]
-    row_of_tile = tl.zeros((BLOCK_D, 1), dtype=tl.int32)
-    state_cols = tl.arange(0, STATE_PAD)[None, :]
-    ones = tl.full((BLOCK_D, CHUNK), 1.0, dtype=tl.float32)
-
-    group = (block * BLOCK_D) // channels_per_group
-    B_base = B_ptr + batch * stride_bc_b + group * stride_bc_g
-    C_base = C_ptr + batch * stride_bc_b + group * stride_bc_g
-    dB_base = dB_ptr + batch * stride_bc_b + group * stride_bc_g
-    dC_base = dC_ptr + batch * stride_bc_b + group * stride_bc_g
-    A_ptrs = A_ptr + d_offs * stride_A_d
-    states_base = states_ptr + batch * stride_states_b + d_offs
-    adjoint_base = adjoint_ptr + batch * stride_adjoint_b + d_offs
-    if HAS_D:
-        skip = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0)[:, None]
-    delta_bias = 0.0
-    if HAS_DELTA_BIAS:
-        delta_bias = tl.load(delta_bias_ptr + d_offs, mask=d_mask, other=0.0)[:, None]
-    dA = tl.zeros((BLOCK_D, STATE_PAD), dtype=tl.float32)
-    dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ddelta_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-
-    num_chunks = tl.cdiv(length, CHUNK)
-    for reversed_chunk in range(num_chunks):
-        chunk = num_chunks - 1 - reversed_chunk
-        t_offs = chunk * CHUNK + t_local
-        tile_mask = d_mask[:, None] & (t_offs < length)[None, :]
-        u_ptrs = u_ptr + batch * stride_u_b + d_offs[:, None] * stride_u_d + t_offs[None, :]
-        delta_ptrs = delta_ptr + batch * stride_delta_b + d_offs[:, None] * stride_delta_d + t_offs[None, :]
-        dy_ptrs = dy_ptr + batch * stride_dy_b + d_offs[:, None] * stride_dy_d + t_offs[None, :]
-        z_ptrs = z_ptr + batch * stride_z_b + d_offs[:, None] * stride_z_d + t_offs[None, :]
-        delta, delta_u = _load_delta(u_ptrs, delta_ptrs, tile_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-        dout = tl.load(dy_ptrs, mask=tile_mask, other=0.0).to(tl.float32)  # gradient of C h + D u
-        if HAS_Z:
-            z = tl.load(z_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-            dout *= z * tl.sigmoid(z)
-            out = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)  # C h, for dz
-        bc_offs = row_of_tile + t_offs[None, :]
-        if HAS_SEQ_IDX:
-            log_keep = tl.load(log_keep_ptr + batch * stride_keep_b + bc_offs)
-        state_in = states_base + chunk * stride_states_slot
-        adjoint_in = adjoint_base + ((chunk + 1) % 2) * stride_adjoint_slot
-        adjoint_out = adjoint_base + (chunk % 2) * stride_adjoint_slot
-
-        ddelta_u = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        ddelta_decay = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
-        A_next, B_next, C_next, h_start_next = _load_state_inputs(
-            A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, 0, stride_A_n, stride_bc_n, stride_states_n, d_mask)
-        next_adjoint_end = tl.load(adjoint_in, mask=d_mask, other=0.0)
-        for n in range(state_size):
-            A_n, B_n, C_n, h_start = A_next, B_next, C_next, h_start_next
-            adjoint_end = next_adjoint_end
-            n_next = tl.minimum(n + 1, state_size - 1)
-            A_next, B_next, C_next, h_start_next = _load_state_inputs(
-                A_ptrs, B_base + bc_offs, C_base + bc_offs, state_in, n_next,
-                stride_A_n, stride_bc_n, stride_states_n, d_mask)
-            next_adjoint_end = tl.load(adjoint_in + n_next * stride_adjoint_n, mask=d_mask, other=0.0,
-                                       volatile=True)
-            log2_decay = delta * (A_n * LOG2E)[:, None]
-            if HAS_SEQ_IDX:
-                log2_decay += log_keep
-            decay = tl.exp2(log2_decay)
-            drive = delta_u * B_n
-            _, h = tl.associative_scan((decay, tl.where(is_first, drive + decay * h_start[:, None], drive)),
-                                       axis=1, combine_fn=_linear_recurrence_combine)
-            if HAS_Z:
-                out += h * C_n
-            dh_direct = dout * C_n
-            dh_direct = tl.where(is_last, dh_direct + adjoint_end[:, None], dh_direct)
-            _, _, g = tl.associative_scan((decay, ones, dh_direct), axis=1,
-                                          combine_fn=_adjoint_recurrence_combine, reverse=True)
-            g_delta_u = g * delta_u
-            tl.atomic_add(dB_base + n * stride_bc_n + t_offs, tl.sum(g_delta_u, axis=0), sem="relaxed")
-            tl.atomic_add(dC_base + n * stride_bc_n + t_offs, tl.sum(dout * h, axis=0), sem="relaxed")
-            ddelta_u += g * B_n
-            through_decay = g * h - g_delta_u * B_n  # g_t * exp(delta_t A) * h_{t-1}
-            ddelta_decay += through_decay * A_n[:, None]
-            dA_n = tl.sum(through_decay * delta, axis=1)
-            dA = tl.where(state_cols == n, dA + dA_n[:, None], dA)
-            adjoint_start = tl.sum(tl.where(is_first, decay * g, 0.0), axis=1)
-            tl.store(adjoint_out + n * stride_adjoint_n, adjoint_start, mask=d_mask)
-
-        # Inputs are loaded again rather than kept in registers through the state loop.
-        u = tl.load(u_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        delta_in = tl.load(delta_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        if HAS_DELTA_BIAS:
-            delta_in += delta_bias
-        du = ddelta_u * delta
-        ddelta = ddelta_u * u + ddelta_decay
-        if DELTA_SOFTPLUS:
-            ddelta *= tl.sigmoid(delta_in)
-        ddelta = tl.where(tile_mask, ddelta, 0.0)
-        if HAS_DELTA_BIAS:
-            ddelta_bias += tl.sum(ddelta, axis=1)
-        if HAS_D:
-            dD += tl.sum(dout * u, axis=1)
-            du += skip * dout
-        tl.store(du_ptr + batch * stride_du_b + d_offs[:, None] * stride_du_d + t_offs[None, :],
-                 du.to(du_ptr.dtype.element_ty), mask=tile_mask)
-        tl.store(ddelta_ptr + batch * stride_ddelta_b + d_offs[:, None] * stride_ddelta_d + t_offs[None, :],
-                 ddelta.to(ddelta_ptr.dtype.element_ty), mask=tile_mask)
-        if HAS_Z:
-            if HAS_D:
-                out += skip * u
-            dy = tl.load(dy_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-            z_sigmoid = tl.sigmoid(z)
-            dz = dy * out * z_sigmoid * (1.0 + z * (1.0 - z_sigmoid))
-            tl.store(dz_ptr + batch * stride_dz_b + d_offs[:, None] * stride_dz_d + t_offs[None, :],
-                     dz.to(dz_ptr.dtype.element_ty), mask=tile_mask)
-        tl.debug_barrier()  # the previous chunk reads the adjoints written above by other threads
-
-    tl.store(dA_ptr + batch * stride_dA_b + d_offs[:, None] * stride_dA_d + state_cols, dA,
-             mask=d_mask[:, None] & (state_cols < state_size))
-    if HAS_D:
-        tl.store(dD_ptr + batch * stride_dD_b + d_offs, dD, mask=d_mask)
-    if HAS_DELTA_BIAS:
-        tl.store(ddelta_bias_ptr + batch * stride_dD_b + d_offs, ddelta_bias, mask=d_mask)
-
-
-def _tile_config(channels: int, channels_per_group: int, length: int) -> tuple[int, int, int]:
-    """(BLOCK_D, CHUNK, num_warps) for both kernels (they share the chunk grid of the checkpoints).
-
-    One warp per program and 8 elements of each (BLOCK_D, CHUNK) tile per thread: the scans and the
-    reductions then stay inside a warp (shuffles, no shared memory), and d = 4096 gives 1024 programs.
-    A channel block never straddles two groups of B and C.
-    """
-    chunk = 64 if length >= 512 else 32
-    num_warps = 1
-    block_d = 32 * 8 * num_warps // chunk
+def _block_d(wanted: int, channels: int, channels_per_group: int) -> int:
+    """A power-of-two channel block of at most ``wanted`` that never straddles two groups of B and C."""
+    block_d = min(triton.next_power_of_2(wanted), triton.next_power_of_2(channels))
     if channels_per_group != channels:
         while channels_per_group % block_d:
             block_d //= 2
-    return block_d, chunk, num_warps
+    return block_d
 
 
-def _unit_stride(t: torch.Tensor | None) -> torch.Tensor | None:
-    """t with unit stride along its last axis (the kernels vectorise loads along l)."""
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
-def _padded_projection(P: torch.Tensor, padded_length: int) -> torch.Tensor:
-    """B or C, (b, n, l) or (b, g, n, l), as a contiguous fp32 (b, g, n, padded_length), zero past l."""
-    grouped = P.unsqueeze(1) if P.dim() == 3 else P
-    padded = grouped.new_zeros(*grouped.shape[:-1], padded_length, dtype=torch.float32)
-    padded[..., : grouped.shape[-1]] = grouped
-    return padded
+def _checkpoint_geometry() -> tuple[int, int]:
+    """(backward sub-tile steps, checkpoint spacing): the spacing is a multiple of the sub-tile and of 8
+    (the forward's tiles, so that every checkpoint starts a forward tile)."""
+    sub = max(4, triton.next_power_of_2(CONFIG["backward_sub"]))
+    return sub, _round_up(CONFIG["checkpoint"], max(sub, 8))
 
 
 def _log_keep(seq_idx: torch.Tensor, padded_length: int) -> torch.Tensor:
@@ -335,115 +82,196 @@ def _log_keep(seq_idx: torch.Tensor, padded_length: int) -> torch.Tensor:
     return log_keep
 
 
+def _step_major_projection(P: torch.Tensor, padded_length: int, state_pad: int) -> torch.Tensor:
+    """B or C, (b, n, l) or (b, g, n, l), as a contiguous fp32 (b, g, padded_length, state_pad), zero padded:
+    the n values of a step are one 16-byte aligned row."""
+    grouped = P.unsqueeze(1) if P.dim() == 3 else P
+    batch, groups, state_size, length = grouped.shape
+    padded = grouped.new_zeros(batch, groups, padded_length, state_pad, dtype=torch.float32)
+    padded[:, :, :length, :state_size] = grouped.transpose(2, 3)
+    return padded
+
+
+def _strides(t: torch.Tensor | None) -> tuple[int, ...]:
+    return (0, 0, 0) if t is None else t.stride()
+
+
+def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_state, delta_softplus: bool,
+                       save_checkpoints: bool, save_final: bool):
+    """Returns y, the final state (b, d, n) fp32 or None, the tensors the backward needs and the
+    (sub-tile, checkpoint spacing) geometry they were made for."""
+    batch, channels, length = u.shape
+    state_size = A32.shape[1]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    state_pad = triton.next_power_of_2(state_size)
+    steps = _steps_per_tile(u, delta, z)
+    block_d = _block_d(CONFIG["block_d"], channels, channels // groups)
+    num_warps = max(1, min(CONFIG["num_warps"], block_d // 32))
+    sub, spacing = _checkpoint_geometry()
+    programs = batch * triton.cdiv(channels, block_d)
+    wanted_segments = max(1, CONFIG["warps_per_sm"] * _sm_count(u.device) // (programs * num_warps))
+    segment_steps = _round_up(max(CONFIG["min_segment"], triton.cdiv(length, wanted_segments)), spacing)
+    num_segments = triton.cdiv(length, segment_steps)
+    padded_length = num_segments * segment_steps
+
+    B32, C32 = _step_major_projection(B, padded_length, state_pad), _step_major_projection(C, padded_length, state_pad)
+    log_keep = None if seq_idx is None else _log_keep(seq_idx, padded_length)
+    num_checkpoints = triton.cdiv(length, spacing)
+    slots = num_checkpoints + 1 if save_checkpoints else 1
+    states = u.new_empty(batch, slots, state_size, channels, dtype=torch.float32)
+    final_slot = slots - 1
+    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
+    y = torch.empty_like(u)
+    placeholder = A32  # passed for absent optional inputs; the kernels never read it
+    keep_arg = placeholder if log_keep is None else log_keep
+    common = dict(HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus, HAS_SEQ_IDX=seq_idx is not None,
+                  BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, num_warps=num_warps)
+    blocks = triton.cdiv(channels, block_d)
+    if num_segments > 1:
+        _segment_summary_kernel[(blocks, num_segments - 1, batch)](
+            u, delta, A32, B32, placeholder if bias32 is None else bias32, keep_arg, summary,
+            length, channels, state_size, channels // groups, segment_steps, 0,
+            *u.stride(), *delta.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
+            0 if log_keep is None else log_keep.stride(0), summary.stride(0), summary.stride(1), summary.stride(2),
+            **common,
+        )
+    _segment_output_kernel[(blocks, num_segments, batch)](
+        u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
+        placeholder if bias32 is None else bias32, keep_arg, placeholder if initial_state is None else initial_state,
+        summary, y, states,
+        length, channels, state_size, channels // groups, segment_steps, spacing, final_slot, 0,
+        *u.stride(), *delta.stride(), *_strides(z), *y.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
+        0 if log_keep is None else log_keep.stride(0), *_strides(initial_state),
+        summary.stride(0), summary.stride(1), summary.stride(2), states.stride(0), states.stride(1), states.stride(2),
+        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_INITIAL_STATE=initial_state is not None,
+        SAVE_CHECKPOINTS=save_checkpoints, SAVE_FINAL=save_final, **common,
+    )
+    final_state = states[:, final_slot].transpose(1, 2) if save_final else None
+    return y, final_state, (u, delta, z, B32, C32, log_keep, states), (sub, spacing)
+
+
+def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has_initial_state: bool,
+                        delta_softplus: bool):
+    """Gradients from ``_segmented_forward``'s saved tensors: du, ddelta, dz (like u, delta, z) and fp32
+    dA (d, n), dB, dC (b, g, n, l), dD, ddelta_bias (d,), initial-state gradient (b, n, d)."""
+    u, delta, z, B32, C32, log_keep, states = saved
+    batch, channels, length = u.shape
+    state_size = A32.shape[1]
+    groups, state_pad = B32.shape[1], B32.shape[3]
+    sub, spacing = geometry
+    steps = min(_steps_per_tile(u, delta, z, dy), sub)
+    block_d = _block_d(CONFIG["backward_block_d"], channels, channels // groups)
+    num_segments = triton.cdiv(length, spacing)
+    grid = (triton.cdiv(channels, block_d), num_segments, batch)
+
+    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
+    scratch = u.new_empty(batch, triton.cdiv(length, sub), state_pad, channels, dtype=torch.float32)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = None if z is None else torch.empty_like(z)
+    dA = u.new_zeros(state_size, channels, dtype=torch.float32)
+    dD = u.new_zeros(channels, dtype=torch.float32)
+    dbias = torch.zeros_like(dD)
+    dB32, dC32 = torch.zeros_like(B32), torch.zeros_like(C32)
+    dinitial = u.new_empty(batch, state_pad, channels, dtype=torch.float32) if has_initial_state else None
+    placeholder = A32
+    keep_arg = placeholder if log_keep is None else log_keep
+    z_arg = u if z is None else z
+    common = dict(HAS_Z=z is not None, HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus,
+                  HAS_SEQ_IDX=log_keep is not None, BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, SUB=sub,
+                  num_warps=1)
+    bias_arg = placeholder if bias32 is None else bias32
+    keep_stride = 0 if log_keep is None else log_keep.stride(0)
+    _adjoint_summary_kernel[grid](
+        u, delta, A32, B32, C32, z_arg, bias_arg, keep_arg, dy, states, summary, scratch,
+        length, channels, state_size, channels // groups, spacing, 0,
+        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
+        keep_stride, states.stride(0), states.stride(1), states.stride(2),
+        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
+        **common,
+    )
+    _segment_backward_kernel[grid](  # reads summary and scratch
+        u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
+        placeholder if dfinal_state is None else dfinal_state, summary, scratch,
+        du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias, placeholder if dinitial is None else dinitial,
+        length, channels, state_size, channels // groups, spacing, num_segments, 0,
+        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
+        *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *_strides(dfinal_state),
+        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
+        HAS_D=D32 is not None, HAS_FINAL_GRAD=dfinal_state is not None, HAS_INITIAL_STATE=has_initial_state,
+        maxnreg=CONFIG["backward_maxnreg"], **common,
+    )
+
+    def projection_grad(dP32):
+        return dP32[:, :, :length, :state_size].transpose(2, 3)
+
+    return (du, ddelta, dz, dA.t(), projection_grad(dB32), projection_grad(dC32), dD, dbias,
+            None if dinitial is None else dinitial[:, :state_size])
+
+
+def _chunked_config(channels: int, channels_per_group: int, length: int) -> tuple[int, int, int]:
+    chunk = CONFIG["chunk"] if length >= 512 else 32
+    return chunked.tile_config(channels, channels_per_group, chunk, CONFIG["chunk_num_warps"])
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, return_final_state,
                 grad_enabled):
         batch, channels, length = u.shape
-        state_size = A.shape[1]
         groups = 1 if B.dim() == 3 else B.shape[1]
         if channels % groups:
             raise ValueError(f"{channels} channels cannot be split into {groups} groups")
-        block_d, chunk, num_warps = _tile_config(channels, channels // groups, length)
-        num_chunks = triton.cdiv(length, chunk)
-        padded_length = num_chunks * chunk
-        u, delta, z = _unit_stride(u), _unit_stride(delta), _unit_stride(z)
+        variant = CONFIG["variant"]
+        if variant not in VARIANTS:
+            raise ValueError(f"selective_scan CONFIG['variant']={variant!r} is not one of {VARIANTS}")
         A32 = A.float()
-        B32, C32 = _padded_projection(B, padded_length), _padded_projection(C, padded_length)
         D32 = None if D is None else D.float().contiguous()
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
-        log_keep = None if seq_idx is None else _log_keep(seq_idx, padded_length)
-
         needs_backward = grad_enabled and any(ctx.needs_input_grad[:9])
-        num_slots = num_chunks + 1 if needs_backward else 2
-        states = u.new_empty(batch, num_slots, state_size, channels, dtype=torch.float32)
-        if initial_state is None:
-            states[:, 0].zero_()
+        if variant == "segmented":
+            y, final_state, saved, ctx.geometry = _segmented_forward(
+                u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_state, bool(delta_softplus),
+                save_checkpoints=needs_backward, save_final=return_final_state)
         else:
-            states[:, 0] = initial_state.transpose(1, 2)
-        y = torch.empty_like(u)
-        placeholder = A32  # passed for absent optional inputs; the kernel never reads it
-        grid = (triton.cdiv(channels, block_d), batch)
-        _selective_scan_fwd_kernel[grid](
-            u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
-            placeholder if bias32 is None else bias32, placeholder if log_keep is None else log_keep, y, states,
-            length, channels, state_size, channels // groups, num_slots,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            *((0, 0) if z is None else (z.stride(0), z.stride(1))), y.stride(0), y.stride(1),
-            A32.stride(0), A32.stride(1), B32.stride(0), B32.stride(1), B32.stride(2),
-            0 if log_keep is None else log_keep.stride(0),
-            states.stride(0), states.stride(1), states.stride(2),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus), HAS_SEQ_IDX=seq_idx is not None,
-            BLOCK_D=block_d, CHUNK=chunk, num_warps=num_warps,
-        )
+            config = _chunked_config(channels, channels // groups, length)
+            y, final_state, saved = chunked.chunked_forward(
+                u, delta, A32, B, C, D32, z, bias32,
+                lambda padded_length: None if seq_idx is None else _log_keep(seq_idx, padded_length),
+                initial_state, bool(delta_softplus), needs_backward, config)
+            ctx.geometry = config
         if needs_backward:
-            ctx.save_for_backward(u, delta, A32, B32, C32, D32, z, bias32, log_keep, states)
-            ctx.config = (block_d, chunk, num_warps)
+            ctx.save_for_backward(A32, D32, bias32, *saved)
+            ctx.variant = variant
             ctx.delta_softplus = bool(delta_softplus)
-            ctx.input_meta = (B.shape, B.dtype, C.dtype, A.dtype, None if D is None else D.dtype,
+            ctx.input_meta = (B.dim(), B.dtype, C.dtype, A.dtype, None if D is None else D.dtype,
                               None if delta_bias is None else delta_bias.dtype,
                               None if initial_state is None else initial_state.dtype)
         if not return_final_state:
             return y
-        final_state = states[:, num_chunks % num_slots].transpose(1, 2).contiguous()
-        return y, final_state
+        return y, final_state.contiguous()
 
     @staticmethod
     def backward(ctx, dy, dfinal_state=None):
-        u, delta, A32, B32, C32, D32, z, bias32, log_keep, states = ctx.saved_tensors
-        block_d, chunk, num_warps = ctx.config
-        B_shape, B_dtype, C_dtype, A_dtype, D_dtype, bias_dtype, initial_dtype = ctx.input_meta
-        batch, channels, length = u.shape
-        state_size = A32.shape[1]
-        groups = B32.shape[1]
-        num_chunks = triton.cdiv(length, chunk)
-        dy = torch.zeros_like(u) if dy is None else _unit_stride(dy)
-
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dz = None if z is None else torch.empty_like(z)
-        dB32 = torch.zeros_like(B32)
-        dC32 = torch.zeros_like(C32)
-        dA_per_batch = u.new_empty(batch, channels, state_size, dtype=torch.float32)
-        dD_per_batch = u.new_empty(batch, channels, dtype=torch.float32)
-        dbias_per_batch = torch.empty_like(dD_per_batch)
-        adjoint = u.new_empty(batch, 2, state_size, channels, dtype=torch.float32)
-        if dfinal_state is None:
-            adjoint[:, num_chunks % 2].zero_()
+        A32, D32, bias32, *saved = ctx.saved_tensors
+        B_dim, B_dtype, C_dtype, A_dtype, D_dtype, bias_dtype, initial_dtype = ctx.input_meta
+        u = saved[0]
+        dy = torch.zeros_like(u) if dy is None else dy
+        if ctx.variant == "segmented":
+            grads = _segmented_backward(saved, ctx.geometry, A32, D32, bias32, dy, dfinal_state,
+                                        initial_dtype is not None, ctx.delta_softplus)
         else:
-            adjoint[:, num_chunks % 2] = dfinal_state.transpose(1, 2)
-        placeholder = A32
-        grid = (triton.cdiv(channels, block_d), batch)
-        _selective_scan_bwd_kernel[grid](
-            u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
-            placeholder if bias32 is None else bias32, placeholder if log_keep is None else log_keep, states, dy,
-            du, ddelta, du if dz is None else dz, dA_per_batch, dB32, dC32, dD_per_batch, dbias_per_batch, adjoint,
-            length, channels, state_size, channels // groups,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            *((0, 0) if z is None else (z.stride(0), z.stride(1))), dy.stride(0), dy.stride(1),
-            du.stride(0), du.stride(1), ddelta.stride(0), ddelta.stride(1),
-            *((0, 0) if dz is None else (dz.stride(0), dz.stride(1))),
-            A32.stride(0), A32.stride(1), B32.stride(0), B32.stride(1), B32.stride(2),
-            0 if log_keep is None else log_keep.stride(0),
-            states.stride(0), states.stride(1), states.stride(2),
-            adjoint.stride(0), adjoint.stride(1), adjoint.stride(2),
-            dA_per_batch.stride(0), dA_per_batch.stride(1), dD_per_batch.stride(0),
-            HAS_D=D32 is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=bias32 is not None,
-            DELTA_SOFTPLUS=ctx.delta_softplus, HAS_SEQ_IDX=log_keep is not None,
-            BLOCK_D=block_d, CHUNK=chunk, STATE_PAD=triton.next_power_of_2(state_size), num_warps=num_warps,
-        )
+            grads = chunked.chunked_backward(saved, A32, D32, bias32, dy, dfinal_state, ctx.delta_softplus,
+                                             ctx.geometry)
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dinitial = grads
 
-        def projection_grad(dP32, dtype):
-            dP = dP32[..., :length]
-            return (dP.squeeze(1) if len(B_shape) == 3 else dP).to(dtype)
+        def projection_grad(dP, dtype):
+            return (dP.squeeze(1) if B_dim == 3 else dP).to(dtype)
 
-        dA = dA_per_batch.sum(0).to(A_dtype)
-        dD = None if D_dtype is None else dD_per_batch.sum(0).to(D_dtype)
-        dbias = None if bias_dtype is None else dbias_per_batch.sum(0).to(bias_dtype)
-        dinitial = None if initial_dtype is None else adjoint[:, 0].transpose(1, 2).to(initial_dtype, copy=True)
-        return (du, ddelta, dA, projection_grad(dB32, B_dtype), projection_grad(dC32, C_dtype), dD, dz, dbias,
-                dinitial, None, None, None, None)
+        return (du, ddelta, dA.to(A_dtype), projection_grad(dB, B_dtype), projection_grad(dC, C_dtype),
+                None if D_dtype is None else dD.to(D_dtype), dz,
+                None if bias_dtype is None else dbias.to(bias_dtype),
+                None if initial_dtype is None else dinitial.transpose(1, 2).to(initial_dtype, copy=True),
+                None, None, None, None)
 
 
 def selective_scan(
@@ -452,7 +280,7 @@ def selective_scan(
 ):
     """Mamba-1 selective scan (S6) in Triton; differentiable in every tensor argument but seq_idx.
 
-    u, delta: (b, d, l) fp32/fp16/bf16; A: (d, n); B, C: (b, n, l) or (b, g, n, l); D: (d,);
+    u, delta: (b, d, l) fp32/fp16/bf16, any strides; A: (d, n); B, C: (b, n, l) or (b, g, n, l); D: (d,);
     z: (b, d, l) gate; delta_bias: (d,); initial_state: (b, d, n); seq_idx: (b, l) int32.
     Returns y (b, d, l) in u's dtype, y = (C h + D u) * silu(z), and with ``return_final_state`` also the
     final state (b, d, n) fp32 (gradients may flow into it too).
