@@ -13,8 +13,8 @@ TAIL=3 step pretrain 170 python -m mambakit.cli pretrain --recipe pretrain-small
 rm -rf $R/mambakit-small/checkpoint-* $R/mambakit-small/runs; python -c "import json;r=json.load(open('$R/mambakit-small/train_report.json'));print({k:r[k] for k in r if k!='log_history'})" 2>&1 | head -c 1500
 TAIL=8 step gputests 80 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_decode_fused.py tests/test_gpu_model.py
 TAIL=12 step decodeprobe 60 python benchmarks/decode_probe.py --out $R/decode_probe.jsonl
-[ -f benchmarks/scan_probe.py ] && TAIL=12 step scanprobe 50 python benchmarks/scan_probe.py
-[ -f benchmarks/conv_probe.py ] && TAIL=12 step convprobe 40 python benchmarks/conv_probe.py
+[ -f benchmarks/scan_probe.py ] && TAIL=12 step scanprobe 50 python benchmarks/scan_probe.py --layouts model --out $R/scan_probe.jsonl
+[ -f benchmarks/conv_probe.py ] && TAIL=12 step convprobe 40 python benchmarks/conv_probe.py --shapes long --out $R/conv_probe.jsonl
 TAIL=8 step bench14 65 python -m mambakit.bench decode prefill train --shape mamba-1.4b --prefill-lengths 2048,10240 --out $R/h200-mamba-1.4b.json
 TAIL=8 step bench2 65 python -m mambakit.bench decode prefill train --shape mamba2-1.3b --prefill-lengths 2048,10240 --out $R/h200-mamba2-1.3b.json
 TAIL=6 step serve 50 python benchmarks/serve_load.py --random-shape mamba-1.4b --requests 2 --tokenizer $D/tokenizers/gpt-neox-20b --out $R/h200-serve-mamba-1.4b.json
