@@ -14,7 +14,7 @@ from pathlib import Path
 from mambakit.errors import UserError
 from mambakit.loading import PRESET_PREFIX
 
-DEFAULT_MODEL = PRESET_PREFIX + "tiny-random"
+DEFAULT_MODEL = PRESET_PREFIX + "small"  # trained on TinyStories + tiny-shakespeare; ships in mambakit/assets
 
 
 class UsageError(UserError):

@@ -21,9 +21,10 @@ from mambakit.layers.norm import RMSNorm
 from mambakit.layers.projection import project
 from mambakit.state import InferenceState
 
-# Largest batch the fused decode step takes: its GEMVs read each weight tile once for up to this many rows
-# on CUDA cores; beyond, the per-op path's cuBLAS GEMMs (tensor cores) are faster.
-FUSED_STEP_MAX_BATCH = 8
+# Largest batch the fused decode step takes. Measured on the H200 (benchmarks/decode_probe.py, mamba-1.4b
+# shape, one graphed step): batch 1 fused 1823 us vs per-op 1946 us; batch 8 fused 7985 us vs per-op
+# 2161 us (its CUDA-core GEMVs fall to ~370 GB/s with 8 rows), so only batch 1 takes it.
+FUSED_STEP_MAX_BATCH = 1
 
 
 def _fused_step_allowed(fused: bool, batch: int, projections) -> bool:

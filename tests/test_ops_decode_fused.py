@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mambakit import MambaConfig, MambaLM, ops
+from mambakit import model as model_module
 from mambakit.layers.mamba1 import Mamba1Mixer
 from mambakit.layers.mamba2 import Mamba2Mixer
 from mambakit.ops import reference
@@ -194,6 +195,7 @@ def test_model_step_with_kernels_equals_reference_step(kind, monkeypatch):
     expected_state = model.allocate_state(2)
     expected = [model.step(ids[:, t], expected_state, fused=False) for t in range(ids.shape[1])]
     monkeypatch.setenv(ops.BACKEND_ENV, "triton")
+    monkeypatch.setattr(model_module, "FUSED_STEP_MAX_BATCH", 8)  # the kernels take 8 rows; policy says 1
     _forbid_unfused_mixer_step(monkeypatch)
     state = model.allocate_state(2)
     for t, logits in enumerate(expected):
@@ -263,12 +265,13 @@ def test_gpu_mamba2_conv_ssm_step(batch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
 @torch.inference_mode()
-def test_gpu_fused_step_in_a_cuda_graph_equals_per_op_step(kind):
+def test_gpu_fused_step_in_a_cuda_graph_equals_per_op_step(kind, monkeypatch):
     """Real widths, 2 layers, bf16, batch 3: the fused step replayed from a CUDA graph (programmatic
     dependent launch included) tracks the per-op step over several tokens."""
     config = MambaConfig(model_type=kind, d_model=2048, n_layer=2, vocab_size=50277,
                          d_state=128 if kind == "mamba2" else 16)
     model = MambaLM.from_config(config, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+    monkeypatch.setattr(model_module, "FUSED_STEP_MAX_BATCH", 8)  # batch 3 through the fused kernels
     tokens = torch.zeros(3, dtype=torch.long, device="cuda")
     state = model.allocate_state(3)
     for _ in range(2):  # warm-up: compile outside the capture
