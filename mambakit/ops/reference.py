@@ -130,6 +130,15 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     return y.to(x.dtype)
 
 
+def mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias):
+    """Mamba-1's single-step arguments in Mamba-2's layout: each channel a head of head dim 1
+    (state (b, d, n) -> (b, d, 1, n); x, dt, z (b, d) -> (b, d, 1); A (d, n) -> (d, 1, n); D, dt_bias -> (d, 1))."""
+    def lift(t):
+        return None if t is None else t.unsqueeze(-1)
+
+    return state.unsqueeze(2), lift(x), lift(dt), A.unsqueeze(1), B, C, lift(D), lift(z), lift(dt_bias)
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decoding step of the SSM recurrence, for both mixers. Updates ``state`` in place.
 
@@ -137,13 +146,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
     Returns y like x: y = (C h + D x) * silu(z).
     """
-    if state.dim() == 3:  # Mamba-1: one head per channel, head dim 1
-        y = selective_state_update(
-            state.unsqueeze(2), x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1), B, C,
-            None if D is None else D.unsqueeze(-1), None if z is None else z.unsqueeze(-1),
-            None if dt_bias is None else dt_bias.unsqueeze(-1), dt_softplus,
-        )
-        return y.squeeze(-1)
+    if state.dim() == 3:
+        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus).squeeze(-1)
     heads = state.shape[1]
     dt = dt.float()
     if dt_bias is not None:

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mambakit.ops.reference import mamba1_as_heads
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -86,13 +88,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
     Returns y like x: y = (C h + D x) * silu(z).
     """
-    if state.dim() == 3:  # Mamba-1: one head per channel, head dim 1
-        y = selective_state_update(
-            state.unsqueeze(2), x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1), B, C,
-            None if D is None else D.unsqueeze(-1), None if z is None else z.unsqueeze(-1),
-            None if dt_bias is None else dt_bias.unsqueeze(-1), dt_softplus,
-        )
-        return y.squeeze(-1)
+    if state.dim() == 3:
+        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus).squeeze(-1)
     batch, heads, head_dim, state_size = state.shape
     B = B if B.dim() == 3 else B.unsqueeze(1)
     C = C if C.dim() == 3 else C.unsqueeze(1)
