@@ -14,7 +14,8 @@ Tile parameters of the segmented kernels:
 - block_d, num_warps: channels and warps of a forward program (block_d = 32 * num_warps puts one channel
   on each thread; smaller block_d spreads a channel's states over 32 * num_warps / block_d lanes).
 - warps_per_sm, min_segment: the forward cuts the sequence into segments of at least min_segment steps
-  until batch * channel blocks * segments programs bring about warps_per_sm warps per SM.
+  until batch * channel blocks * segments programs bring about warps_per_sm warps per SM (16: one wave
+  at the ~18 one-warp programs an SM holds at ~110 registers).
 - checkpoint: steps between the states the forward saves for the backward; the backward runs one program
   per checkpoint interval and channel block (backward_block_d channels, one warp).
 - backward_sub: steps whose states a backward program holds in registers while it runs the adjoint back
@@ -32,11 +33,13 @@ import triton
 
 from mambakit.ops.kernels import selective_scan_chunked as chunked
 from mambakit.ops.kernels.selective_scan_backward import _adjoint_summary_kernel, _segment_backward_kernel
-from mambakit.ops.kernels.selective_scan_forward import _segment_output_kernel, _segment_summary_kernel
+from mambakit.ops.kernels.selective_scan_forward import (
+    _segment_carry_kernel, _segment_output_kernel, _segment_summary_kernel,
+)
 
 CONFIG = {
     "variant": "segmented",
-    "block_d": 32, "num_warps": 1, "warps_per_sm": 24, "min_segment": 128,
+    "block_d": 32, "num_warps": 1, "warps_per_sm": 16, "min_segment": 128,
     "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
     "chunk": 64, "chunk_num_warps": 1,
 }
@@ -96,6 +99,27 @@ def _strides(t: torch.Tensor | None) -> tuple[int, ...]:
     return (0, 0, 0) if t is None else t.stride()
 
 
+def _carry(summary: torch.Tensor, start: torch.Tensor | None, state_size: int, reverse: bool):
+    """Run ``start`` (b, d, n) through every segment's (decay, term) in ``summary`` (b, segments, 2, n_pad, d):
+    the state entering each segment, or with ``reverse`` the adjoint reaching the end of each segment.
+    Returns the (b, segments, n_pad, d) fp32 result and its strides in the kernels' (b, segment, d, n) order."""
+    batch, num_segments, _, state_pad, channels = summary.shape
+    carried = summary.new_empty(batch, num_segments, state_pad, channels)
+    block = min(1024, triton.next_power_of_2(state_pad * channels))
+    _segment_carry_kernel[(triton.cdiv(state_pad * channels, block), batch)](
+        summary, summary if start is None else start, carried, channels, state_size, num_segments,
+        summary.stride(0), summary.stride(1), summary.stride(2), *_strides(start), carried.stride(0),
+        carried.stride(1), HAS_START=start is not None, REVERSE=reverse, N_PAD=state_pad, BLOCK=block, UNROLL=8,
+        num_warps=4,
+    )
+    return carried, (carried.stride(0), carried.stride(1), carried.stride(3), carried.stride(2))
+
+
+def _per_segment(start: torch.Tensor | None) -> tuple[int, int, int, int]:
+    """Strides (b, segment, d, n) that read a (b, d, n) tensor as the value of the only segment."""
+    return (0, 0, 0, 0) if start is None else (start.stride(0), 0, start.stride(1), start.stride(2))
+
+
 def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_state, delta_softplus: bool,
                        save_checkpoints: bool, save_final: bool):
     """Returns y, the final state (b, d, n) fp32 or None, the tensors the backward needs and the
@@ -120,14 +144,15 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
     slots = num_checkpoints + 1 if save_checkpoints else 1
     states = u.new_empty(batch, slots, state_size, channels, dtype=torch.float32)
     final_slot = slots - 1
-    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
     y = torch.empty_like(u)
     placeholder = A32  # passed for absent optional inputs; the kernels never read it
     keep_arg = placeholder if log_keep is None else log_keep
     common = dict(HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus, HAS_SEQ_IDX=seq_idx is not None,
                   BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, num_warps=num_warps)
     blocks = triton.cdiv(channels, block_d)
+    entering, entering_strides = initial_state, _per_segment(initial_state)
     if num_segments > 1:
+        summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
         _segment_summary_kernel[(blocks, num_segments - 1, batch)](
             u, delta, A32, B32, placeholder if bias32 is None else bias32, keep_arg, summary,
             length, channels, state_size, channels // groups, segment_steps, 0,
@@ -135,15 +160,15 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
             0 if log_keep is None else log_keep.stride(0), summary.stride(0), summary.stride(1), summary.stride(2),
             **common,
         )
+        entering, entering_strides = _carry(summary, initial_state, state_size, reverse=False)
     _segment_output_kernel[(blocks, num_segments, batch)](
         u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
-        placeholder if bias32 is None else bias32, keep_arg, placeholder if initial_state is None else initial_state,
-        summary, y, states,
+        placeholder if bias32 is None else bias32, keep_arg, placeholder if entering is None else entering, y, states,
         length, channels, state_size, channels // groups, segment_steps, spacing, final_slot, 0,
         *u.stride(), *delta.stride(), *_strides(z), *y.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
-        0 if log_keep is None else log_keep.stride(0), *_strides(initial_state),
-        summary.stride(0), summary.stride(1), summary.stride(2), states.stride(0), states.stride(1), states.stride(2),
-        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_INITIAL_STATE=initial_state is not None,
+        0 if log_keep is None else log_keep.stride(0), *entering_strides,
+        states.stride(0), states.stride(1), states.stride(2),
+        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_ENTERING_STATE=entering is not None,
         SAVE_CHECKPOINTS=save_checkpoints, SAVE_FINAL=save_final, **common,
     )
     final_state = states[:, final_slot].transpose(1, 2) if save_final else None
@@ -189,15 +214,17 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
         summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
         **common,
     )
-    _segment_backward_kernel[grid](  # reads summary and scratch
+    end_adjoint, end_strides = dfinal_state, _per_segment(dfinal_state)
+    if num_segments > 1:
+        end_adjoint, end_strides = _carry(summary, dfinal_state, state_size, reverse=True)
+    _segment_backward_kernel[grid](  # reads the scratch
         u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
-        placeholder if dfinal_state is None else dfinal_state, summary, scratch,
+        placeholder if end_adjoint is None else end_adjoint, scratch,
         du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias, placeholder if dinitial is None else dinitial,
-        length, channels, state_size, channels // groups, spacing, num_segments, 0,
+        length, channels, state_size, channels // groups, spacing, 0,
         *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
-        *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *_strides(dfinal_state),
-        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
-        HAS_D=D32 is not None, HAS_FINAL_GRAD=dfinal_state is not None, HAS_INITIAL_STATE=has_initial_state,
+        *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *end_strides, scratch.stride(0), scratch.stride(1),
+        HAS_D=D32 is not None, HAS_END_ADJOINT=end_adjoint is not None, HAS_INITIAL_STATE=has_initial_state,
         maxnreg=CONFIG["backward_maxnreg"], **common,
     )
 

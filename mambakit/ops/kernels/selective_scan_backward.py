@@ -12,8 +12,10 @@ Two kernels, one program per (channel block, segment, batch row):
   the state entering every SUB-step sub-tile in a scratch buffer (b, l_pad / SUB, N_PAD, d), and it sums
   the segment's own adjoint reaching the state before the segment, G = sum_t (prod_{k<=t} a_k) dout_t C_t,
   together with the segment's total decay P = prod_t a_t (b, segments, 2, N_PAD, d).
-- ``_segment_backward_kernel`` first carries the adjoint from the end of the sequence to the end of its
-  segment through the later segments' (P, G) (a short loop), then walks the sub-tiles backwards: it
+- ``_segment_carry_kernel`` (selective_scan_forward.py) runs the final state's gradient back through the
+  segments' (P, G): the adjoint reaching the end of every segment.
+- ``_segment_backward_kernel`` starts from the adjoint at the end of its segment and walks the sub-tiles
+  backwards: it
   recomputes the sub-tile's h from the scratch into a (SUB, N_PAD, BLOCK_D) register tile and runs the
   adjoint recurrence back over the sub-tile, forming every gradient. The adjoint leaving segment 0 is the
   initial state's gradient. dA, dD and ddelta_bias are summed per program and added atomically.
@@ -78,14 +80,14 @@ def _adjoint_summary_kernel(
         delta_bias = tl.load(delta_bias_ptr + d_offs, mask=d_mask, other=0.0)
     states = tl.arange(0, N_PAD)
 
-    h = state_tile(states_ptr + batch * stride_states_b + segment * stride_states_slot, stride_states_n, d_offs,
-                   state_rows, state_mask)
+    checkpoint = states_ptr + batch * stride_states_b + tl.cast(segment, tl.int64) * stride_states_slot
+    h = state_tile(checkpoint, stride_states_n, d_offs, state_rows, state_mask)
     decay_product = tl.full((N_PAD, BLOCK_D), 1.0, dtype=tl.float32)
     adjoint = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     first = segment * segment_steps
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
         if t0 % SUB == 0:
-            tl.store(scratch + (t0 // SUB) * stride_scratch_sub, h, mask=state_mask)
+            tl.store(scratch + tl.cast(t0 // SUB, tl.int64) * stride_scratch_sub, h, mask=state_mask)
         delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
                            HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
         delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
@@ -103,29 +105,30 @@ def _adjoint_summary_kernel(
             decay_product *= decay
             adjoint += decay_product * (tl.sum(tl.where(row, dout, 0.0), axis=0)[None, :] * C_j[:, None])
 
-    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg + state_rows * channels + d_offs[None, :]
+    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg
+    out += state_rows * channels + d_offs[None, :]
     tl.store(out, decay_product, mask=state_mask)
     tl.store(out + stride_summary_part, adjoint, mask=state_mask)
 
 
 @triton.jit(do_not_specialize=["zero"])  # a runtime 0: see program_geometry
 def _segment_backward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, final_grad_ptr,
-    summary_ptr, scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr,
-    initial_grad_ptr,
-    length, channels, state_size, channels_per_group, segment_steps, num_segments, zero,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, end_adjoint_ptr,
+    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr, initial_grad_ptr,
+    length, channels, state_size, channels_per_group, segment_steps, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_dy_b, stride_dy_d, stride_dy_l,
     stride_du_b, stride_du_d, stride_du_l, stride_ddelta_b, stride_ddelta_d, stride_ddelta_l,
     stride_dz_b, stride_dz_d, stride_dz_l,
-    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b, stride_final_b, stride_final_d, stride_final_n,
-    stride_summary_b, stride_summary_seg, stride_summary_part, stride_scratch_b, stride_scratch_sub,
+    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
+    stride_end_b, stride_end_seg, stride_end_d, stride_end_n, stride_scratch_b, stride_scratch_sub,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
+    HAS_SEQ_IDX: tl.constexpr, HAS_END_ADJOINT: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
 ):
-    """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose summary and
-    scratch it reads), plus D (d,), final_grad (b, d, n) any strides. Writes du, ddelta, dz: (b, d, l) any
+    """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose scratch it
+    reads), plus D (d,), end_adjoint: (b, segments, d, n) through strides, the gradient reaching the state
+    at the end of each segment (zero without HAS_END_ADJOINT). Writes du, ddelta, dz: (b, d, l) any
     strides; adds into dA (n, d), dD, ddelta_bias (d,) and dB, dC (b, g, l_pad, N_PAD), all fp32 and
     zeroed by the caller; writes the initial state's gradient (b, N_PAD, d) fp32."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
@@ -154,16 +157,10 @@ def _segment_backward_kernel(
         skip = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0)
     states = tl.arange(0, N_PAD)
 
-    # the adjoint reaching the end of this segment from the final state and the later segments
-    carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
-    if HAS_FINAL_GRAD:
-        carried = state_tile(final_grad_ptr + batch * stride_final_b, stride_final_n, d_index * stride_final_d,
-                             state_rows, state_mask)
-    summary = summary_ptr + batch * stride_summary_b + state_rows * channels + d_offs[None, :]
-    for i in range(num_segments - 1 - segment):
-        later = summary + (num_segments - 1 - i) * stride_summary_seg
-        carried = tl.load(later + stride_summary_part, mask=state_mask, other=0.0) + \
-            tl.load(later, mask=state_mask, other=0.0) * carried
+    carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)  # a_{t+1} g_{t+1}: the adjoint passed back to h_t
+    if HAS_END_ADJOINT:
+        end_adjoint = end_adjoint_ptr + batch * stride_end_b + tl.cast(segment, tl.int64) * stride_end_seg
+        carried = state_tile(end_adjoint, stride_end_n, d_index * stride_end_d, state_rows, state_mask)
 
     dA = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -173,7 +170,7 @@ def _segment_backward_kernel(
     for i in range(num_subtiles):
         t_sub = first + (num_subtiles - 1 - i) * SUB
         # recompute h over the sub-tile from the state entering it; keep delta and u
-        h = tl.load(scratch + (t_sub // SUB) * stride_scratch_sub, mask=state_mask, other=0.0)
+        h = tl.load(scratch + tl.cast(t_sub // SUB, tl.int64) * stride_scratch_sub, mask=state_mask, other=0.0)
         h_tile = tl.zeros((SUB, N_PAD, BLOCK_D), dtype=tl.float32)
         delta_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)
         u_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)

@@ -13,11 +13,12 @@ read in place with one element per thread per step, coalesced across the warp (s
 
 Parallel segments. The sequence is split into segments so that batch * channel blocks * segments fills
 the GPU. ``_segment_summary_kernel`` walks every segment but the last from a zero state and stores its
-end state and its total decay exp(A * sum delta) (b, segments, 2, N_PAD, d). ``_segment_output_kernel``
-starts each segment from the initial state carried through the summaries of the segments before it
-(a short loop), walks it again writing y, and stores the state entering every CHECKPOINT-th step
-(and the final state) for the backward. Padded positions past l have delta = 0 and B = 0 (identity steps).
-``seq_idx`` resets enter as a per-position log2-decay of -inf (decay 0).
+end state and its total decay exp(A * sum delta) (b, segments, 2, N_PAD, d); ``_segment_carry_kernel``
+runs the initial state through these summaries, giving the state entering every segment;
+``_segment_output_kernel`` walks each segment again from its entering state, writing y, and stores the
+state entering every checkpoint_steps-th step (and the final state) for the backward. Padded positions
+past l have delta = 0 and B = 0 (identity steps). ``seq_idx`` resets enter as a per-position log2-decay
+of -inf (decay 0).
 """
 from __future__ import annotations
 
@@ -136,29 +137,69 @@ def _segment_summary_kernel(
             B_j = tl.load(B_base + (t0 + j) * N_PAD + states)
             h = tl.exp2(log2_decay) * h + tl.sum(tl.where(row, delta_u, 0.0), axis=0)[None, :] * B_j[:, None]
 
-    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg + state_rows * channels + d_offs[None, :]
+    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg
+    out += state_rows * channels + d_offs[None, :]
     tl.store(out, tl.exp2(A2 * delta_sum[None, :] + keep_sum), mask=state_mask)
     tl.store(out + stride_summary_part, h, mask=state_mask)
 
 
+@triton.jit
+def _segment_carry_kernel(
+    summary_ptr, start_ptr, carried_ptr, channels, state_size, num_segments,
+    stride_summary_b, stride_summary_seg, stride_summary_part, stride_start_b, stride_start_d, stride_start_n,
+    stride_carried_b, stride_carried_seg,
+    HAS_START: tl.constexpr, REVERSE: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    """Grid (cdiv(N_PAD * d, BLOCK), b). summary: (b, segments, 2, N_PAD, d) fp32, each segment's (decay,
+    term); start: (b, d, n) any strides (zero without HAS_START); carried: (b, segments, N_PAD, d) fp32.
+    Forwards: carried[0] = start, carried[s + 1] = decay_s carried[s] + term_s (the state entering each
+    segment; the last segment's summary is not read). REVERSE: carried[S - 1] = start, carried[s - 1] =
+    decay_s carried[s] + term_s (the adjoint reaching the end of each segment; segment 0's is not read).
+    UNROLL segments are loaded at once, then chained in registers."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, d) index
+    batch = tl.program_id(1).to(tl.int64)
+    state, channel = offs // channels, offs % channels
+    mask = (offs < N_PAD * channels) & (state < state_size)
+    carried = tl.zeros((BLOCK,), dtype=tl.float32)
+    if HAS_START:
+        carried = tl.load(start_ptr + batch * stride_start_b + channel * stride_start_d + state * stride_start_n,
+                          mask=mask, other=0.0).to(tl.float32)
+    summary = summary_ptr + batch * stride_summary_b + offs[None, :]
+    out = carried_ptr + batch * stride_carried_b + offs[None, :]
+    for first in range(0, num_segments, UNROLL):
+        step = first + tl.arange(0, UNROLL)
+        segment = (num_segments - 1 - step) if REVERSE else step
+        valid = (step < num_segments)[:, None] & mask[None, :]
+        chained = (step < num_segments - 1)[:, None] & mask[None, :]  # the last segment's summary is not needed
+        decay = tl.load(summary + segment[:, None] * stride_summary_seg, mask=chained, other=1.0)
+        term = tl.load(summary + segment[:, None] * stride_summary_seg + stride_summary_part, mask=chained, other=0.0)
+        values = tl.zeros((UNROLL, BLOCK), dtype=tl.float32)
+        for j in tl.static_range(UNROLL):
+            row = (tl.arange(0, UNROLL) == j)[:, None]  # rows live in each thread: picks are copies
+            values = tl.where(row, carried[None, :], values)
+            carried = tl.sum(tl.where(row, decay, 0.0), axis=0) * carried + tl.sum(tl.where(row, term, 0.0), axis=0)
+        tl.store(out + segment[:, None] * stride_carried_seg, values, mask=valid)
+
+
 @triton.jit(do_not_specialize=["zero"])  # a runtime 0: see program_geometry
 def _segment_output_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, initial_ptr,
-    summary_ptr, y_ptr, states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, entering_ptr,
+    y_ptr, states_ptr,
     length, channels, state_size, channels_per_group, segment_steps, checkpoint_steps, final_slot, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_y_b, stride_y_d, stride_y_l,
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
-    stride_initial_b, stride_initial_d, stride_initial_n, stride_summary_b, stride_summary_seg, stride_summary_part,
+    stride_entering_b, stride_entering_seg, stride_entering_d, stride_entering_n,
     stride_states_b, stride_states_slot, stride_states_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
+    HAS_SEQ_IDX: tl.constexpr, HAS_ENTERING_STATE: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
     SAVE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_segment_summary_kernel``, plus C like B, z and y:
-    (b, d, l) any strides, initial state (b, d, n) any strides. states: (b, slots, n, d) fp32; with
-    SAVE_CHECKPOINTS slot c receives the state entering step c * checkpoint_steps; with SAVE_FINAL slot
-    ``final_slot`` receives the final state."""
+    (b, d, l) any strides, entering: (b, segments, d, n) through strides, the state entering each segment
+    (zero without HAS_ENTERING_STATE). states: (b, slots, n, d) fp32; with SAVE_CHECKPOINTS slot c receives
+    the state entering step c * checkpoint_steps; with SAVE_FINAL slot ``final_slot`` the final state."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
     segment = tl.program_id(1)
@@ -180,21 +221,17 @@ def _segment_output_kernel(
     states = tl.arange(0, N_PAD)
 
     h = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
-    if HAS_INITIAL_STATE:
-        h = state_tile(initial_ptr + batch * stride_initial_b, stride_initial_n, d_index * stride_initial_d,
-                       state_rows, state_mask)
-    summary = summary_ptr + batch * stride_summary_b + state_rows * channels + d_offs[None, :]
-    for earlier in range(segment):  # the state entering this segment
-        decay = tl.load(summary + earlier * stride_summary_seg, mask=state_mask, other=0.0)
-        end = tl.load(summary + earlier * stride_summary_seg + stride_summary_part, mask=state_mask, other=0.0)
-        h = decay * h + end
+    if HAS_ENTERING_STATE:
+        entering = entering_ptr + batch * stride_entering_b + tl.cast(segment, tl.int64) * stride_entering_seg
+        h = state_tile(entering, stride_entering_n, d_index * stride_entering_d, state_rows, state_mask)
 
     first = segment * segment_steps
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
         if SAVE_CHECKPOINTS:
             if t0 % checkpoint_steps == 0:
-                tl.store(states_base + (t0 // checkpoint_steps) * stride_states_slot + state_rows * stride_states_n
-                         + d_offs[None, :], h, mask=state_mask)
+                slot = tl.cast(t0 // checkpoint_steps, tl.int64)
+                tl.store(states_base + slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :], h,
+                         mask=state_mask)
         delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
                            HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
         u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
@@ -218,5 +255,6 @@ def _segment_output_kernel(
 
     if SAVE_FINAL:
         if first + segment_steps >= length:
-            tl.store(states_base + final_slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :],
-                     h, mask=state_mask)
+            slot = tl.cast(final_slot, tl.int64)
+            tl.store(states_base + slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :], h,
+                     mask=state_mask)
