@@ -22,6 +22,8 @@ Tile parameters of the segmented kernels:
   (a power of two >= 4); the state entering each sub-tile goes through a scratch buffer of
   b * l / backward_sub * n * d floats.
 - backward_maxnreg: register cap of the backward kernel (None: ptxas decides; it takes all 255).
+- backward_scratch_mb: the backward runs over groups of checkpoint intervals, from the end, each group's
+  scratch within this budget.
 Chunked parameters: chunk (steps per tile; 32 below 512 steps), chunk_num_warps.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ CONFIG = {
     "variant": "segmented",
     "block_d": 32, "num_warps": 1, "warps_per_sm": 16, "min_segment": 128,
     "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
+    "backward_scratch_mb": 256,
     "chunk": 64, "chunk_num_warps": 1,
 }
 VARIANTS = ("segmented", "chunked")
@@ -99,18 +102,21 @@ def _strides(t: torch.Tensor | None) -> tuple[int, ...]:
     return (0, 0, 0) if t is None else t.stride()
 
 
-def _carry(summary: torch.Tensor, start: torch.Tensor | None, state_size: int, reverse: bool):
-    """Run ``start`` (b, d, n) through every segment's (decay, term) in ``summary`` (b, segments, 2, n_pad, d):
+def _carry(summary: torch.Tensor, start: torch.Tensor | None, state_size: int, reverse: bool, chained: int,
+           last: torch.Tensor | None = None):
+    """Run ``start`` (b, d, n) through the segments' (decay, term) in ``summary`` (b, segments, 2, n_pad, d):
     the state entering each segment, or with ``reverse`` the adjoint reaching the end of each segment.
-    Returns the (b, segments, n_pad, d) fp32 result and its strides in the kernels' (b, segment, d, n) order."""
+    The first ``chained`` summaries (in that order) are read; ``last`` (b, n_pad, d) receives the value
+    after them. Returns the (b, segments, n_pad, d) fp32 result and its strides in the kernels'
+    (b, segment, d, n) order."""
     batch, num_segments, _, state_pad, channels = summary.shape
     carried = summary.new_empty(batch, num_segments, state_pad, channels)
     block = min(1024, triton.next_power_of_2(state_pad * channels))
     _segment_carry_kernel[(triton.cdiv(state_pad * channels, block), batch)](
-        summary, summary if start is None else start, carried, channels, state_size, num_segments,
-        summary.stride(0), summary.stride(1), summary.stride(2), *_strides(start), carried.stride(0),
-        carried.stride(1), HAS_START=start is not None, REVERSE=reverse, N_PAD=state_pad, BLOCK=block, UNROLL=8,
-        num_warps=4,
+        summary, summary if start is None else start, carried, carried if last is None else last, channels,
+        state_size, num_segments, chained, summary.stride(0), summary.stride(1), summary.stride(2), *_strides(start),
+        carried.stride(0), carried.stride(1), HAS_START=start is not None, REVERSE=reverse,
+        STORE_LAST=last is not None, N_PAD=state_pad, BLOCK=block, UNROLL=8, num_warps=4,
     )
     return carried, (carried.stride(0), carried.stride(1), carried.stride(3), carried.stride(2))
 
@@ -160,7 +166,8 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
             0 if log_keep is None else log_keep.stride(0), summary.stride(0), summary.stride(1), summary.stride(2),
             **common,
         )
-        entering, entering_strides = _carry(summary, initial_state, state_size, reverse=False)
+        entering, entering_strides = _carry(summary, initial_state, state_size, reverse=False,
+                                            chained=num_segments - 1)
     _segment_output_kernel[(blocks, num_segments, batch)](
         u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
         placeholder if bias32 is None else bias32, keep_arg, placeholder if entering is None else entering, y, states,
@@ -178,7 +185,12 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
 def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has_initial_state: bool,
                         delta_softplus: bool):
     """Gradients from ``_segmented_forward``'s saved tensors: du, ddelta, dz (like u, delta, z) and fp32
-    dA (d, n), dB, dC (b, g, n, l), dD, ddelta_bias (d,), initial-state gradient (b, n, d)."""
+    dA (d, n), dB, dC (b, g, n, l), dD, ddelta_bias (d,), initial-state gradient (b, n, d).
+
+    The checkpoint intervals (segments) run in groups from the end of the sequence, each group's
+    sub-tile scratch within CONFIG["backward_scratch_mb"]: adjoint summaries of the group's segments,
+    the carry of the adjoint from the group's end through them (its value past the group's first segment
+    starts the previous group), then the backward of the group's segments."""
     u, delta, z, B32, C32, log_keep, states = saved
     batch, channels, length = u.shape
     state_size = A32.shape[1]
@@ -187,10 +199,13 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
     steps = min(_steps_per_tile(u, delta, z, dy), sub)
     block_d = _block_d(CONFIG["backward_block_d"], channels, channels // groups)
     num_segments = triton.cdiv(length, spacing)
-    grid = (triton.cdiv(channels, block_d), num_segments, batch)
+    segment_bytes = batch * (spacing // sub) * state_pad * channels * 4
+    group_segments = max(1, min(num_segments, CONFIG["backward_scratch_mb"] * 2**20 // segment_bytes))
 
-    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
-    scratch = u.new_empty(batch, triton.cdiv(length, sub), state_pad, channels, dtype=torch.float32)
+    scratch = u.new_empty(batch, group_segments * spacing // sub, state_pad, channels, dtype=torch.float32)
+    summary = u.new_empty(batch, group_segments, 2, state_pad, channels, dtype=torch.float32)
+    # the adjoint passed from a group to the one before it (two buffers: one is read while the other is written)
+    group_ends = u.new_empty(2, batch, state_pad, channels, dtype=torch.float32)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = None if z is None else torch.empty_like(z)
     dA = u.new_zeros(state_size, channels, dtype=torch.float32)
@@ -200,33 +215,38 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
     dinitial = u.new_empty(batch, state_pad, channels, dtype=torch.float32) if has_initial_state else None
     placeholder = A32
     keep_arg = placeholder if log_keep is None else log_keep
+    keep_stride = 0 if log_keep is None else log_keep.stride(0)
     z_arg = u if z is None else z
+    bias_arg = placeholder if bias32 is None else bias32
     common = dict(HAS_Z=z is not None, HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus,
                   HAS_SEQ_IDX=log_keep is not None, BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, SUB=sub,
                   num_warps=1)
-    bias_arg = placeholder if bias32 is None else bias32
-    keep_stride = 0 if log_keep is None else log_keep.stride(0)
-    _adjoint_summary_kernel[grid](
-        u, delta, A32, B32, C32, z_arg, bias_arg, keep_arg, dy, states, summary, scratch,
-        length, channels, state_size, channels // groups, spacing, 0,
-        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
-        keep_stride, states.stride(0), states.stride(1), states.stride(2),
-        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
-        **common,
-    )
-    end_adjoint, end_strides = dfinal_state, _per_segment(dfinal_state)
-    if num_segments > 1:
-        end_adjoint, end_strides = _carry(summary, dfinal_state, state_size, reverse=True)
-    _segment_backward_kernel[grid](  # reads the scratch
-        u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
-        placeholder if end_adjoint is None else end_adjoint, scratch,
-        du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias, placeholder if dinitial is None else dinitial,
-        length, channels, state_size, channels // groups, spacing, 0,
-        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
-        *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *end_strides, scratch.stride(0), scratch.stride(1),
-        HAS_D=D32 is not None, HAS_END_ADJOINT=end_adjoint is not None, HAS_INITIAL_STATE=has_initial_state,
-        maxnreg=CONFIG["backward_maxnreg"], **common,
-    )
+    start = dfinal_state
+    for index, first in enumerate(reversed(range(0, num_segments, group_segments))):
+        count = min(group_segments, num_segments - first)
+        grid = (triton.cdiv(channels, block_d), count, batch)
+        _adjoint_summary_kernel[grid](
+            u, delta, A32, B32, C32, z_arg, bias_arg, keep_arg, dy, states, summary, scratch,
+            length, channels, state_size, channels // groups, spacing, first, 0,
+            *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
+            keep_stride, states.stride(0), states.stride(1), states.stride(2),
+            summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
+            **common,
+        )
+        end_adjoint, end_strides = _carry(summary[:, :count], start, state_size, reverse=True, chained=count,
+                                          last=group_ends[index % 2] if first > 0 else None)
+        _segment_backward_kernel[grid](  # reads the scratch
+            u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
+            end_adjoint, scratch, du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias,
+            placeholder if dinitial is None else dinitial,
+            length, channels, state_size, channels // groups, spacing, first, 0,
+            *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
+            *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *end_strides, scratch.stride(0),
+            scratch.stride(1),
+            HAS_D=D32 is not None, HAS_END_ADJOINT=True, HAS_INITIAL_STATE=has_initial_state,
+            maxnreg=CONFIG["backward_maxnreg"], **common,
+        )
+        start = group_ends[index % 2].transpose(1, 2)  # (b, d, n) view of the previous group's end adjoint
 
     def projection_grad(dP32):
         return dP32[:, :, :length, :state_size].transpose(2, 3)

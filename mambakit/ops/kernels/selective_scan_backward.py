@@ -49,7 +49,7 @@ def output_grad_tile(dy_ptr, dy_cols, stride_dy_l, z_ptr, z_cols, stride_z_l, t0
 def _adjoint_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, states_ptr,
     summary_ptr, scratch_ptr,
-    length, channels, state_size, channels_per_group, segment_steps, zero,
+    length, channels, state_size, channels_per_group, segment_steps, first_segment, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_dy_b, stride_dy_d, stride_dy_l,
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
@@ -58,13 +58,14 @@ def _adjoint_summary_kernel(
     HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
 ):
-    """Grid (cdiv(d, BLOCK_D), segments, b). u, delta, z, dy: (b, d, l) any strides; A: (d, n);
-    B, C: (b, g, l_pad, N_PAD) fp32; log_keep: (b, l_pad); states: (b, slots, n, d) fp32 checkpoints
-    (slot s enters segment s); summary: (b, segments, 2, N_PAD, d) fp32 receives P (part 0) and G
-    (part 1); scratch: (b, l_pad / SUB, N_PAD, d) fp32 receives the state entering every sub-tile."""
+    """Grid (cdiv(d, BLOCK_D), group segments, b): segments first_segment + i of a group of them.
+    u, delta, z, dy: (b, d, l) any strides; A: (d, n); B, C: (b, g, l_pad, N_PAD) fp32; log_keep:
+    (b, l_pad); states: (b, slots, n, d) fp32 checkpoints (slot s enters segment s); summary:
+    (b, group segments, 2, N_PAD, d) fp32 receives P (part 0) and G (part 1); scratch:
+    (b, group steps / SUB, N_PAD, d) fp32 receives the state entering every sub-tile of the group."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
-    segment = tl.program_id(1)
+    segment = first_segment + tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     A2 = tl.load(A_ptr + d_offs[None, :] * stride_A_d + state_rows * stride_A_n, mask=state_mask, other=0.0) * LOG2E
     u_base, u_cols = u_ptr + batch * stride_u_b, d_index * stride_u_d
@@ -85,9 +86,10 @@ def _adjoint_summary_kernel(
     decay_product = tl.full((N_PAD, BLOCK_D), 1.0, dtype=tl.float32)
     adjoint = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     first = segment * segment_steps
+    group_start = first_segment * segment_steps
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
         if t0 % SUB == 0:
-            tl.store(scratch + tl.cast(t0 // SUB, tl.int64) * stride_scratch_sub, h, mask=state_mask)
+            tl.store(scratch + tl.cast((t0 - group_start) // SUB, tl.int64) * stride_scratch_sub, h, mask=state_mask)
         delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
                            HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
         delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
@@ -105,7 +107,7 @@ def _adjoint_summary_kernel(
             decay_product *= decay
             adjoint += decay_product * (tl.sum(tl.where(row, dout, 0.0), axis=0)[None, :] * C_j[:, None])
 
-    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg
+    out = summary_ptr + batch * stride_summary_b + tl.program_id(1) * stride_summary_seg
     out += state_rows * channels + d_offs[None, :]
     tl.store(out, decay_product, mask=state_mask)
     tl.store(out + stride_summary_part, adjoint, mask=state_mask)
@@ -115,7 +117,7 @@ def _adjoint_summary_kernel(
 def _segment_backward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, end_adjoint_ptr,
     scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr, initial_grad_ptr,
-    length, channels, state_size, channels_per_group, segment_steps, zero,
+    length, channels, state_size, channels_per_group, segment_steps, first_segment, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_dy_b, stride_dy_d, stride_dy_l,
     stride_du_b, stride_du_d, stride_du_l, stride_ddelta_b, stride_ddelta_d, stride_ddelta_l,
@@ -126,14 +128,14 @@ def _segment_backward_kernel(
     HAS_SEQ_IDX: tl.constexpr, HAS_END_ADJOINT: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
 ):
-    """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose scratch it
-    reads), plus D (d,), end_adjoint: (b, segments, d, n) through strides, the gradient reaching the state
-    at the end of each segment (zero without HAS_END_ADJOINT). Writes du, ddelta, dz: (b, d, l) any
+    """Grid (cdiv(d, BLOCK_D), group segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose scratch it
+    reads), plus D (d,), end_adjoint: (b, group segments, d, n) through strides, the gradient reaching the
+    state at the end of each segment (zero without HAS_END_ADJOINT). Writes du, ddelta, dz: (b, d, l) any
     strides; adds into dA (n, d), dD, ddelta_bias (d,) and dB, dC (b, g, l_pad, N_PAD), all fp32 and
     zeroed by the caller; writes the initial state's gradient (b, N_PAD, d) fp32."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
-    segment = tl.program_id(1)
+    segment = first_segment + tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     A2 = tl.load(A_ptr + d_offs[None, :] * stride_A_d + state_rows * stride_A_n, mask=state_mask, other=0.0) * LOG2E
     u_base, u_cols = u_ptr + batch * stride_u_b, d_index * stride_u_d
@@ -159,7 +161,7 @@ def _segment_backward_kernel(
 
     carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)  # a_{t+1} g_{t+1}: the adjoint passed back to h_t
     if HAS_END_ADJOINT:
-        end_adjoint = end_adjoint_ptr + batch * stride_end_b + tl.cast(segment, tl.int64) * stride_end_seg
+        end_adjoint = end_adjoint_ptr + batch * stride_end_b + tl.program_id(1) * stride_end_seg
         carried = state_tile(end_adjoint, stride_end_n, d_index * stride_end_d, state_rows, state_mask)
 
     dA = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
@@ -170,7 +172,8 @@ def _segment_backward_kernel(
     for i in range(num_subtiles):
         t_sub = first + (num_subtiles - 1 - i) * SUB
         # recompute h over the sub-tile from the state entering it; keep delta and u
-        h = tl.load(scratch + tl.cast(t_sub // SUB, tl.int64) * stride_scratch_sub, mask=state_mask, other=0.0)
+        sub_tile = tl.cast((t_sub - first_segment * segment_steps) // SUB, tl.int64)
+        h = tl.load(scratch + sub_tile * stride_scratch_sub, mask=state_mask, other=0.0)
         h_tile = tl.zeros((SUB, N_PAD, BLOCK_D), dtype=tl.float32)
         delta_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)
         u_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)

@@ -145,18 +145,19 @@ def _segment_summary_kernel(
 
 @triton.jit
 def _segment_carry_kernel(
-    summary_ptr, start_ptr, carried_ptr, channels, state_size, num_segments,
+    summary_ptr, start_ptr, carried_ptr, last_ptr, channels, state_size, num_segments, chained_segments,
     stride_summary_b, stride_summary_seg, stride_summary_part, stride_start_b, stride_start_d, stride_start_n,
     stride_carried_b, stride_carried_seg,
-    HAS_START: tl.constexpr, REVERSE: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr,
+    HAS_START: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Grid (cdiv(N_PAD * d, BLOCK), b). summary: (b, segments, 2, N_PAD, d) fp32, each segment's (decay,
     term); start: (b, d, n) any strides (zero without HAS_START); carried: (b, segments, N_PAD, d) fp32.
     Forwards: carried[0] = start, carried[s + 1] = decay_s carried[s] + term_s (the state entering each
-    segment; the last segment's summary is not read). REVERSE: carried[S - 1] = start, carried[s - 1] =
-    decay_s carried[s] + term_s (the adjoint reaching the end of each segment; segment 0's is not read).
-    UNROLL segments are loaded at once, then chained in registers."""
+    segment). REVERSE: carried[S - 1] = start, carried[s - 1] = decay_s carried[s] + term_s (the adjoint
+    reaching the end of each segment). Only the first ``chained_segments`` summaries in that order are
+    read; with STORE_LAST the value after them goes to last (b, N_PAD, d) fp32. UNROLL segments are loaded
+    at once, then chained in registers."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, d) index
     batch = tl.program_id(1).to(tl.int64)
     state, channel = offs // channels, offs % channels
@@ -171,7 +172,7 @@ def _segment_carry_kernel(
         step = first + tl.arange(0, UNROLL)
         segment = (num_segments - 1 - step) if REVERSE else step
         valid = (step < num_segments)[:, None] & mask[None, :]
-        chained = (step < num_segments - 1)[:, None] & mask[None, :]  # the last segment's summary is not needed
+        chained = (step < chained_segments)[:, None] & mask[None, :]
         decay = tl.load(summary + segment[:, None] * stride_summary_seg, mask=chained, other=1.0)
         term = tl.load(summary + segment[:, None] * stride_summary_seg + stride_summary_part, mask=chained, other=0.0)
         values = tl.zeros((UNROLL, BLOCK), dtype=tl.float32)
@@ -180,6 +181,8 @@ def _segment_carry_kernel(
             values = tl.where(row, carried[None, :], values)
             carried = tl.sum(tl.where(row, decay, 0.0), axis=0) * carried + tl.sum(tl.where(row, term, 0.0), axis=0)
         tl.store(out + segment[:, None] * stride_carried_seg, values, mask=valid)
+    if STORE_LAST:
+        tl.store(last_ptr + batch * N_PAD * channels + offs, carried, mask=mask)
 
 
 @triton.jit(do_not_specialize=["zero"])  # a runtime 0: see program_geometry
