@@ -145,6 +145,14 @@ def test_bf16_inputs(scan_config):
     check_against_reference(inputs, BF16_TOL, return_final_state=True, delta_softplus=True)
 
 
+@configs("small", "defaults")
+@pytest.mark.parametrize("channels, state, length", [(5, 5, 13), (3, 1, 3), (6, 2, 1)])
+def test_ragged_shapes(scan_config, channels, state, length):
+    """Channel blocks and state rows partly masked, sequences shorter than a tile."""
+    inputs = make_inputs(batch=1, channels=channels, state=state, length=length, initial_state=True)
+    check_against_reference(inputs, FP32_TOL, return_final_state=True, delta_softplus=True)
+
+
 @configs("small")
 def test_gradient_for_some_inputs_only(scan_config):
     inputs = make_inputs(length=40, groups=1)
