@@ -41,6 +41,8 @@ CONFIGURATIONS = [
     ("bwd block_d 16", dict(backward_block_d=16)),
     ("bwd block_d 16 sub 8", dict(backward_block_d=16, backward_sub=8)),
     ("bwd maxnreg 168", dict(backward_maxnreg=168)),
+    ("bwd 2 partial sums", dict(backward_partials=2)),
+    ("bwd 4 partial sums", dict(backward_partials=4)),
     ("bwd checkpoint 128", dict(checkpoint=128)),
     ("bwd scratch 64 MB", dict(backward_scratch_mb=64)),
     ("bwd scratch 1024 MB", dict(backward_scratch_mb=1024)),

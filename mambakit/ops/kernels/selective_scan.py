@@ -22,6 +22,8 @@ Tile parameters of the segmented kernels:
   (a power of two >= 4); the state entering each sub-tile goes through a scratch buffer of
   b * l / backward_sub * n * d floats.
 - backward_maxnreg: register cap of the backward kernel (None: ptxas decides; it takes all 255).
+- backward_partials: dB and dC are summed over backward_block_d / backward_partials channels (shuffles
+  across those lanes), then backward_partials sums per (state, step) are added atomically.
 - backward_scratch_mb: the backward runs over groups of checkpoint intervals, from the end, each group's
   scratch within this budget.
 Chunked parameters: chunk (steps per tile; 32 below 512 steps), chunk_num_warps.
@@ -43,7 +45,7 @@ CONFIG = {
     "variant": "segmented",
     "block_d": 32, "num_warps": 1, "warps_per_sm": 16, "min_segment": 128,
     "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
-    "backward_scratch_mb": 256,
+    "backward_scratch_mb": 256, "backward_partials": 1,
     "chunk": 64, "chunk_num_warps": 1,
 }
 VARIANTS = ("segmented", "chunked")
@@ -221,6 +223,7 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
     common = dict(HAS_Z=z is not None, HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus,
                   HAS_SEQ_IDX=log_keep is not None, BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, SUB=sub,
                   num_warps=1)
+    partials = min(CONFIG["backward_partials"], block_d)
     start = dfinal_state
     for index, first in enumerate(reversed(range(0, num_segments, group_segments))):
         count = min(group_segments, num_segments - first)
@@ -243,7 +246,7 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
             *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
             *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *end_strides, scratch.stride(0),
             scratch.stride(1),
-            HAS_D=D32 is not None, HAS_END_ADJOINT=True, HAS_INITIAL_STATE=has_initial_state,
+            HAS_D=D32 is not None, HAS_END_ADJOINT=True, HAS_INITIAL_STATE=has_initial_state, PARTIALS=partials,
             maxnreg=CONFIG["backward_maxnreg"], **common,
         )
         start = group_ends[index % 2].transpose(1, 2)  # (b, d, n) view of the previous group's end adjoint

@@ -33,6 +33,15 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def partial_sums(values, PARTIALS: tl.constexpr):
+    """(N_PAD, BLOCK_D) -> (N_PAD, PARTIALS): sums over BLOCK_D / PARTIALS consecutive channels. With the
+    channels across the lanes, fewer lanes to reduce over means fewer shuffles (and PARTIALS atomic adds)."""
+    n_pad: tl.constexpr = values.shape[0]
+    block_d: tl.constexpr = values.shape[1]
+    return tl.sum(tl.reshape(values, (n_pad, PARTIALS, block_d // PARTIALS)), axis=2)
+
+
+@triton.jit
 def output_grad_tile(dy_ptr, dy_cols, stride_dy_l, z_ptr, z_cols, stride_z_l, t0, length, d_mask,
                      HAS_Z: tl.constexpr, STEPS: tl.constexpr):
     """(dy, z, dout) tiles (STEPS, BLOCK_D): dout = dy * silu(z) is the gradient of C h + D u."""
@@ -126,7 +135,7 @@ def _segment_backward_kernel(
     stride_end_b, stride_end_seg, stride_end_d, stride_end_n, stride_scratch_b, stride_scratch_sub,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     HAS_SEQ_IDX: tl.constexpr, HAS_END_ADJOINT: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr, PARTIALS: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), group segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose scratch it
     reads), plus D (d,), end_adjoint: (b, group segments, d, n) through strides, the gradient reaching the
@@ -158,6 +167,7 @@ def _segment_backward_kernel(
     if HAS_D:
         skip = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0)
     states = tl.arange(0, N_PAD)
+    partial_offs = states[:, None] + tl.zeros((1, PARTIALS), dtype=tl.int32)  # PARTIALS sums per state
 
     carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)  # a_{t+1} g_{t+1}: the adjoint passed back to h_t
     if HAS_END_ADJOINT:
@@ -218,9 +228,10 @@ def _segment_backward_kernel(
                 C_j = tl.load(C_base + (t0 + j) * N_PAD + states)[:, None]
                 g = dout_j[None, :] * C_j + carried
                 g_delta_u = g * (delta_j * u_j)[None, :]
-                tl.atomic_add(dC_base + (t0 + j) * N_PAD + states, tl.sum(dout_j[None, :] * h_j, axis=1),
+                tl.atomic_add(dC_base + (t0 + j) * N_PAD + partial_offs, partial_sums(dout_j[None, :] * h_j, PARTIALS),
                               sem="relaxed")
-                tl.atomic_add(dB_base + (t0 + j) * N_PAD + states, tl.sum(g_delta_u, axis=1), sem="relaxed")
+                tl.atomic_add(dB_base + (t0 + j) * N_PAD + partial_offs, partial_sums(g_delta_u, PARTIALS),
+                              sem="relaxed")
                 through_decay = g * h_j - g_delta_u * B_j  # g_t a_t h_{t-1}
                 dA += through_decay * delta_j[None, :]
                 ddelta_u_j = tl.sum(g * B_j, axis=0)
