@@ -89,3 +89,14 @@ class InferenceState:
                 f"(conv (L, b, {expected.conv.shape[2:]}), ssm (L, b, {expected.ssm.shape[2:]})); "
                 "it was saved for another model"
             )
+
+
+def write_final_state(result, destination: torch.Tensor | None):
+    """An op's result, for a mixer that may carry a state: with ``destination`` (the op was called with
+    ``return_final_state=True``) its final state is copied into ``destination`` in place and the output
+    alone is returned; without one, ``result`` is the output."""
+    if destination is None:
+        return result
+    output, final = result
+    destination.copy_(final)
+    return output

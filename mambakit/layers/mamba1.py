@@ -15,6 +15,7 @@ from mambakit import ops
 from mambakit.config import MambaConfig
 from mambakit.layers.norm import KeepsFp32Params
 from mambakit.layers.projection import project
+from mambakit.state import write_final_state
 
 
 class Mamba1Mixer(KeepsFp32Params):
@@ -56,23 +57,18 @@ class Mamba1Mixer(KeepsFp32Params):
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
         conv_state, ssm_state = state if state is not None else (None, None)
-        conv = ops.causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
-                                 initial_state=conv_state, seq_idx=seq_idx, return_final_state=state is not None)
-        x = conv[0] if state is not None else conv
+        x = write_final_state(ops.causal_conv1d(
+            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", initial_state=conv_state, seq_idx=seq_idx,
+            return_final_state=state is not None), conv_state)
         delta, B, C = self._project_dt_b_c(x.transpose(1, 2))
         delta = delta.transpose(1, 2)  # (b, d, l)
         softplus = True
         if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·x = 0 keep the state
             delta, softplus = F.softplus(delta.float()) * mask[:, None, :], False
-        scan = ops.selective_scan(x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-                                  self.D.float(), z, delta_softplus=softplus,
-                                  initial_state=ssm_state, seq_idx=seq_idx, return_final_state=state is not None)
-        if state is not None:
-            y, ssm_final = scan
-            conv_state.copy_(conv[1])
-            ssm_state.copy_(ssm_final)
-        else:
-            y = scan
+        y = write_final_state(ops.selective_scan(
+            x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
+            delta_softplus=softplus, initial_state=ssm_state, seq_idx=seq_idx, return_final_state=state is not None,
+        ), ssm_state)
         return self.out_proj(y.transpose(1, 2))
 
     def step(self, hidden, conv_state, ssm_state):

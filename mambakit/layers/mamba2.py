@@ -15,6 +15,7 @@ from mambakit import ops
 from mambakit.config import MambaConfig
 from mambakit.layers.norm import GatedRMSNorm, KeepsFp32Params
 from mambakit.layers.projection import project
+from mambakit.state import write_final_state
 
 
 class Mamba2Mixer(KeepsFp32Params):
@@ -56,26 +57,20 @@ class Mamba2Mixer(KeepsFp32Params):
         if mask is not None:
             xbc = xbc * mask[:, None, :].to(xbc.dtype)
         conv_state, ssm_state = state if state is not None else (None, None)
-        conv = ops.causal_conv1d(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
-                                 initial_state=conv_state, seq_idx=seq_idx, return_final_state=state is not None)
-        xbc = (conv[0] if state is not None else conv).transpose(1, 2)
+        xbc = write_final_state(ops.causal_conv1d(
+            xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", initial_state=conv_state, seq_idx=seq_idx,
+            return_final_state=state is not None), conv_state).transpose(1, 2)
         x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dt_kwargs = dict(dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit)
         if mask is not None:  # Δ = 0 at padding keeps the state
             dt = self._step_size(dt) * mask[..., None]
             dt_kwargs = dict(dt_bias=None, dt_softplus=False)
-        scan = ops.ssd_scan(
+        y = write_final_state(ops.ssd_scan(
             x.reshape(batch, length, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
             B.reshape(batch, length, self.ngroups, self.d_state), C.reshape(batch, length, self.ngroups, self.d_state),
             chunk_size=self.chunk_size, D=self.D.float(), initial_state=ssm_state, seq_idx=seq_idx,
             return_final_state=state is not None, **dt_kwargs,
-        )
-        if state is not None:
-            y, ssm_final = scan
-            conv_state.copy_(conv[1])
-            ssm_state.copy_(ssm_final)
-        else:
-            y = scan
+        ), ssm_state)
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
 
     def step(self, hidden, conv_state, ssm_state):
