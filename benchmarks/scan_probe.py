@@ -34,6 +34,8 @@ CONFIGURATIONS = [
     ("fwd block_d 64 2 warps", dict(block_d=64, num_warps=2)),
     ("fwd block_d 128 4 warps", dict(block_d=128, num_warps=4)),
     ("fwd block_d 16 (2 lanes per channel)", dict(block_d=16)),
+    ("no prefetch", dict(prefetch=False)),
+    ("fwd maxnreg 128", dict(maxnreg=128)),
     ("fwd 12 warps per SM", dict(warps_per_sm=12)),
     ("fwd 24 warps per SM", dict(warps_per_sm=24)),
     ("fwd 48 warps per SM", dict(warps_per_sm=48)),

@@ -3,8 +3,8 @@
 Without CUDA the kernels run in Triton's CPU interpreter (see conftest.py), so shapes stay tiny. The
 kernel's CONFIG is set per test (``scan_config``): "small" cuts 30-70 steps into many forward segments,
 backward checkpoint intervals (run in groups of one) and sub-tiles, with channel blocks of 4 (8 lanes per
-channel) and dB, dC added in two partial sums; "defaults" is the GPU configuration; "chunked" is the first
-kernel (chunks of 32 steps here).
+channel), dB and dC added in two partial sums, no prefetching; "defaults" is the GPU configuration;
+"chunked" is the first kernel (chunks of 32 steps here).
 """
 import pytest
 import torch
@@ -21,7 +21,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DIFFERENTIABLE = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 CONFIGS = {
     "small": dict(min_segment=8, warps_per_sm=10**6, checkpoint=16, backward_sub=4, block_d=4, backward_block_d=4,
-                  backward_scratch_mb=2**-12, backward_partials=2),  # groups of one interval, dB / dC in halves
+                  backward_scratch_mb=2**-12, backward_partials=2, prefetch=False),
     "defaults": {},
     "chunked": dict(variant="chunked"),
 }

@@ -13,6 +13,9 @@ that benchmarks/scan_probe.py can sweep them without editing this file):
 Tile parameters of the segmented kernels:
 - block_d, num_warps: channels and warps of a forward program (block_d = 32 * num_warps puts one channel
   on each thread; smaller block_d spreads a channel's states over 32 * num_warps / block_d lanes).
+- prefetch: the forward kernels and the backward's adjoint summary load the next input tile while
+  computing the current one (latency hidden, more registers); maxnreg caps the forward kernels' registers
+  (None: ptxas decides).
 - warps_per_sm, min_segment: the forward cuts the sequence into segments of at least min_segment steps
   until batch * channel blocks * segments programs bring about warps_per_sm warps per SM (16: one wave
   at the ~18 one-warp programs an SM holds at ~110 registers).
@@ -43,7 +46,7 @@ from mambakit.ops.kernels.selective_scan_forward import (
 
 CONFIG = {
     "variant": "segmented",
-    "block_d": 32, "num_warps": 1, "warps_per_sm": 16, "min_segment": 128,
+    "block_d": 32, "num_warps": 1, "prefetch": True, "maxnreg": None, "warps_per_sm": 16, "min_segment": 128,
     "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
     "backward_scratch_mb": 256, "backward_partials": 1,
     "chunk": 64, "chunk_num_warps": 1,
@@ -156,7 +159,8 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
     placeholder = A32  # passed for absent optional inputs; the kernels never read it
     keep_arg = placeholder if log_keep is None else log_keep
     common = dict(HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus, HAS_SEQ_IDX=seq_idx is not None,
-                  BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, num_warps=num_warps)
+                  BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, PREFETCH=CONFIG["prefetch"], num_warps=num_warps,
+                  maxnreg=CONFIG["maxnreg"])
     blocks = triton.cdiv(channels, block_d)
     entering, entering_strides = initial_state, _per_segment(initial_state)
     if num_segments > 1:
@@ -234,7 +238,7 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
             *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
             keep_stride, states.stride(0), states.stride(1), states.stride(2),
             summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
-            **common,
+            PREFETCH=CONFIG["prefetch"], **common,
         )
         end_adjoint, end_strides = _carry(summary[:, :count], start, state_size, reverse=True, chained=count,
                                           last=group_ends[index % 2] if first > 0 else None)

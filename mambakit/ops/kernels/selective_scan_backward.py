@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from mambakit.ops.kernels.selective_scan_forward import (
-    LOG2E, delta_tile, program_geometry, state_tile, step_tile, store_step_tile,
+    LOG2E, advance, delta_tile, first_tile, program_geometry, state_tile, step_tile, store_step_tile,
 )
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -42,14 +42,14 @@ def partial_sums(values, PARTIALS: tl.constexpr):
 
 
 @triton.jit
-def output_grad_tile(dy_ptr, dy_cols, stride_dy_l, z_ptr, z_cols, stride_z_l, t0, length, d_mask,
-                     HAS_Z: tl.constexpr, STEPS: tl.constexpr):
-    """(dy, z, dout) tiles (STEPS, BLOCK_D): dout = dy * silu(z) is the gradient of C h + D u."""
-    dy = step_tile(dy_ptr, dy_cols, stride_dy_l, t0, length, d_mask, STEPS)
+def output_grad_tile(dy_raw, z_raw, HAS_Z: tl.constexpr):
+    """(dy, z, dout) fp32 tiles from ``step_tile``s of dy and z: dout = dy * silu(z), the gradient of
+    C h + D u (z is dy's tile without HAS_Z)."""
+    dy = dy_raw.to(tl.float32)
     z = dy
     dout = dy
     if HAS_Z:
-        z = step_tile(z_ptr, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+        z = z_raw.to(tl.float32)
         dout = dy * z * tl.sigmoid(z)
     return dy, z, dout
 
@@ -65,7 +65,7 @@ def _adjoint_summary_kernel(
     stride_states_b, stride_states_slot, stride_states_n, stride_summary_b, stride_summary_seg, stride_summary_part,
     stride_scratch_b, stride_scratch_sub,
     HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), group segments, b): segments first_segment + i of a group of them.
     u, delta, z, dy: (b, d, l) any strides; A: (d, n); B, C: (b, g, l_pad, N_PAD) fp32; log_keep:
@@ -96,14 +96,24 @@ def _adjoint_summary_kernel(
     adjoint = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     first = segment * segment_steps
     group_start = first_segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
+    dy_next = first_tile(dy_base, dy_cols, stride_dy_l, first, length, d_mask, PREFETCH, STEPS)
+    if HAS_Z:
+        z_next = first_tile(z_base, z_cols, stride_z_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        dy_raw, dy_next = advance(dy_next, dy_base, dy_cols, stride_dy_l, t0, length, d_mask, PREFETCH, STEPS)
+        z_raw = dy_raw
+        if HAS_Z:
+            z_raw, z_next = advance(z_next, z_base, z_cols, stride_z_l, t0, length, d_mask, PREFETCH, STEPS)
         if t0 % SUB == 0:
             tl.store(scratch + tl.cast((t0 - group_start) // SUB, tl.int64) * stride_scratch_sub, h, mask=state_mask)
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
-        _, _, dout = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length, d_mask,
-                                      HAS_Z, STEPS)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        delta_u = delta * u_raw.to(tl.float32)
+        _, _, dout = output_grad_tile(dy_raw, z_raw, HAS_Z)
         for j in tl.static_range(STEPS):
             row = (tl.arange(0, STEPS) == j)[:, None]  # rows of a tile live in each thread: picks are copies
             log2_decay = tl.sum(tl.where(row, delta, 0.0), axis=0)[None, :] * A2
@@ -189,9 +199,9 @@ def _segment_backward_kernel(
         u_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)
         for p in tl.static_range(SUB // STEPS):
             t0 = t_sub + p * STEPS
-            delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                               HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-            u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+            delta = delta_tile(step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS), t0,
+                               length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+            u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS).to(tl.float32)
             for j in tl.static_range(STEPS):
                 row = (tl.arange(0, STEPS) == j)[:, None]  # picks and puts of in-thread rows are copies
                 sub_row = (tl.arange(0, SUB) == p * STEPS + j)[:, None]
@@ -210,8 +220,11 @@ def _segment_backward_kernel(
         for q in tl.static_range(SUB // STEPS):
             p = SUB // STEPS - 1 - q
             t0 = t_sub + p * STEPS
-            _, _, dout = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length,
-                                          d_mask, HAS_Z, STEPS)
+            dy_raw = step_tile(dy_base, dy_cols, stride_dy_l, t0, length, d_mask, STEPS)
+            z_raw = dy_raw
+            if HAS_Z:
+                z_raw = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            _, _, dout = output_grad_tile(dy_raw, z_raw, HAS_Z)
             u = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
             du = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
             ddelta = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)  # before softplus'
@@ -247,7 +260,7 @@ def _segment_backward_kernel(
                 carried = tl.exp2(log2_decay) * g
 
             if DELTA_SOFTPLUS:
-                raw = step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS)
+                raw = step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS).to(tl.float32)
                 if HAS_DELTA_BIAS:
                     raw += delta_bias[None, :]
                 ddelta *= tl.sigmoid(raw)
@@ -259,9 +272,9 @@ def _segment_backward_kernel(
                 ddelta_bias += tl.sum(ddelta, axis=0)
             if HAS_D:
                 dD += tl.sum(dout * u, axis=0)
-            if HAS_Z:
-                dy, z, _ = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length,
-                                            d_mask, HAS_Z, STEPS)
+            if HAS_Z:  # dy and z again (L1 hits) rather than kept in registers through the steps
+                dy = step_tile(dy_base, dy_cols, stride_dy_l, t0, length, d_mask, STEPS).to(tl.float32)
+                z = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS).to(tl.float32)
                 z_sigmoid = tl.sigmoid(z)
                 dz = dy * (out + skip[None, :] * u) * z_sigmoid * (1.0 + z * (1.0 - z_sigmoid))
                 store_step_tile(dz_base, dz_cols, stride_dz_l, t0, length, d_mask, dz, STEPS)

@@ -35,12 +35,34 @@ def softplus(x):
 
 @triton.jit
 def step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS: tl.constexpr):
-    """(STEPS, BLOCK_D) fp32 tile of a (d, l) tensor: rows are steps t0.., columns the channels whose
-    element offsets are ``cols`` (int64); 0 past ``length`` and outside ``d_mask``."""
+    """(STEPS, BLOCK_D) tile of a (d, l) tensor in its dtype: rows are steps t0.., columns the channels
+    whose element offsets are ``cols`` (int64); 0 past ``length`` and outside ``d_mask``."""
     rows = tl.arange(0, STEPS)
     mask = (t0 + rows < length)[:, None] & d_mask[None, :]
     row_ptr = ptr + tl.cast(t0, tl.int64) * stride_l
-    return tl.load(row_ptr + rows[:, None] * stride_l + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return tl.load(row_ptr + rows[:, None] * stride_l + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def advance(prefetched, ptr, cols, stride_l, t0, length, d_mask, PREFETCH: tl.constexpr, STEPS: tl.constexpr):
+    """(tile at t0, what to carry to the next step of a loop over tiles). With PREFETCH the tile at t0 was
+    loaded one iteration earlier and the one at t0 + STEPS is loaded now, so that its latency hides behind
+    a tile of work (for more registers); otherwise the tile is loaded when needed."""
+    if PREFETCH:
+        current = prefetched
+        prefetched = step_tile(ptr, cols, stride_l, t0 + STEPS, length, d_mask, STEPS)
+    else:
+        current = step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    return current, prefetched
+
+
+@triton.jit
+def first_tile(ptr, cols, stride_l, t0, length, d_mask, PREFETCH: tl.constexpr, STEPS: tl.constexpr):
+    """What ``advance`` carries into the first iteration (zeros, which it passes on unused, without PREFETCH)."""
+    tile = tl.zeros((STEPS, cols.shape[0]), dtype=ptr.dtype.element_ty)
+    if PREFETCH:
+        tile = step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    return tile
 
 
 @triton.jit
@@ -53,10 +75,11 @@ def store_step_tile(ptr, cols, stride_l, t0, length, d_mask, tile, STEPS: tl.con
 
 
 @triton.jit
-def delta_tile(delta_ptr, cols, stride_l, t0, length, d_mask, delta_bias,
+def delta_tile(raw, t0, length, d_mask, delta_bias,
                HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, STEPS: tl.constexpr):
-    """(STEPS, BLOCK_D) step sizes after bias and softplus, 0 at padded positions (identity steps)."""
-    delta = step_tile(delta_ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    """(STEPS, BLOCK_D) fp32 step sizes from a ``step_tile`` of delta: after bias and softplus, 0 at padded
+    positions (identity steps)."""
+    delta = raw.to(tl.float32)
     if HAS_DELTA_BIAS:
         delta += delta_bias[None, :]
     if DELTA_SOFTPLUS:
@@ -98,7 +121,7 @@ def _segment_summary_kernel(
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
     stride_summary_b, stride_summary_seg, stride_summary_part,
     HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), segments - 1, b). u, delta: (b, d, l) any strides; A: (d, n);
     B: (b, g, l_pad, N_PAD) fp32 contiguous; log_keep: (b, l_pad); summary: (b, segments, 2, N_PAD, d) fp32.
@@ -122,10 +145,14 @@ def _segment_summary_kernel(
     delta_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     keep_sum = 0.0
     first = segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, first + segment_steps, STEPS):
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        delta_u = delta * u_raw.to(tl.float32)
         delta_sum += tl.sum(delta, axis=0)
         for j in tl.static_range(STEPS):
             row = (tl.arange(0, STEPS) == j)[:, None]  # rows of a tile live in each thread: picks are copies
@@ -198,6 +225,7 @@ def _segment_output_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     HAS_SEQ_IDX: tl.constexpr, HAS_ENTERING_STATE: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
     SAVE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_segment_summary_kernel``, plus C like B, z and y:
     (b, d, l) any strides, entering: (b, segments, d, n) through strides, the state entering each segment
@@ -229,15 +257,24 @@ def _segment_output_kernel(
         h = state_tile(entering, stride_entering_n, d_index * stride_entering_d, state_rows, state_mask)
 
     first = segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
+    if HAS_Z:
+        z_next = first_tile(z_base, z_cols, stride_z_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        if HAS_Z:
+            if PREFETCH:  # (without it, z is loaded after the steps, where it is used)
+                z_raw, z_next = advance(z_next, z_base, z_cols, stride_z_l, t0, length, d_mask, PREFETCH, STEPS)
         if SAVE_CHECKPOINTS:
             if t0 % checkpoint_steps == 0:
                 slot = tl.cast(t0 // checkpoint_steps, tl.int64)
                 tl.store(states_base + slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :], h,
                          mask=state_mask)
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        u = u_raw.to(tl.float32)
         delta_u = delta * u
         y = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
         for j in tl.static_range(STEPS):
@@ -252,7 +289,9 @@ def _segment_output_kernel(
         if HAS_D:
             y += skip * u
         if HAS_Z:
-            z = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            if not PREFETCH:
+                z_raw = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            z = z_raw.to(tl.float32)
             y *= z * tl.sigmoid(z)
         store_step_tile(y_base, y_cols, stride_y_l, t0, length, d_mask, y, STEPS)
 
