@@ -12,6 +12,8 @@ every gradient from the baseline's, relative to the baseline's largest magnitude
 that a configuration that computes something else stands out.
 
 Run on the GPU:  python benchmarks/scan_probe.py [--only NAME,NAME] [--layouts contiguous,model] [--out FILE]
+Every configuration that changes a kernel's compile-time parameters compiles it once per layout
+(several seconds per kernel); lines are printed (and appended to --out) as they come.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import json
 
 import torch
+import triton
 import triton.testing
 
 from mambakit.bench.ops_selective_scan import SCAN_SHAPE, _scan_inputs
@@ -105,6 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     wanted = [name.strip() for name in args.only.split(",") if name.strip()]
     configurations = [c for c in CONFIGURATIONS if not wanted or c[0] in wanted or c is CONFIGURATIONS[0]]
+    props = torch.cuda.get_device_properties(DEVICE) if DEVICE == "cuda" else None
+    print(json.dumps(dict(device=props.name if props else DEVICE, torch=torch.__version__,
+                          triton=triton.__version__, defaults=DEFAULTS)), flush=True)
     torch.manual_seed(0)
     contiguous = _scan_inputs(DEVICE, **SCAN_SHAPE)
     grad_y = torch.randn_like(contiguous["u"])

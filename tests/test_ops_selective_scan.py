@@ -208,8 +208,8 @@ def test_unknown_variant_is_refused(monkeypatch):
     (1, 4096, 10240, torch.bfloat16, BF16_TOL),
 ])
 def test_real_shapes_on_gpu(batch, channels, length, dtype, tol, monkeypatch):
-    """Both variants, with the inputs contiguous and laid out as the model passes them, against one
-    reference run."""
+    """The segmented kernel with the inputs laid out as the model passes them and contiguous, and the chunked
+    kernel, against one reference run."""
     inputs = make_inputs(batch, channels, 16, length, dtype=dtype, device="cuda", initial_state=True)
     inputs["B"], inputs["C"] = inputs["B"] / 4, inputs["C"] / 4  # keep y ~ 1 over 16 states
     batch, channels, length = inputs["u"].shape
