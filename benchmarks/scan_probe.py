@@ -12,6 +12,8 @@ every gradient from the baseline's, relative to the baseline's largest magnitude
 that a configuration that computes something else stands out.
 
 Run on the GPU:  python benchmarks/scan_probe.py [--only NAME,NAME] [--layouts contiguous,model] [--out FILE]
+Every configuration that changes a kernel's compile-time parameters compiles it once per layout
+(several seconds per kernel); lines are printed (and appended to --out) as they come.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import json
 
 import torch
+import triton
 import triton.testing
 
 from mambakit.bench.ops_selective_scan import SCAN_SHAPE, _scan_inputs
@@ -34,13 +37,20 @@ CONFIGURATIONS = [
     ("fwd block_d 64 2 warps", dict(block_d=64, num_warps=2)),
     ("fwd block_d 128 4 warps", dict(block_d=128, num_warps=4)),
     ("fwd block_d 16 (2 lanes per channel)", dict(block_d=16)),
+    ("no prefetch", dict(prefetch=False)),
+    ("fwd maxnreg 128", dict(maxnreg=128)),
     ("fwd 12 warps per SM", dict(warps_per_sm=12)),
+    ("fwd 24 warps per SM", dict(warps_per_sm=24)),
     ("fwd 48 warps per SM", dict(warps_per_sm=48)),
     ("bwd sub 8", dict(backward_sub=8)),
     ("bwd block_d 16", dict(backward_block_d=16)),
     ("bwd block_d 16 sub 8", dict(backward_block_d=16, backward_sub=8)),
     ("bwd maxnreg 168", dict(backward_maxnreg=168)),
+    ("bwd 2 partial sums", dict(backward_partials=2)),
+    ("bwd 4 partial sums", dict(backward_partials=4)),
     ("bwd checkpoint 128", dict(checkpoint=128)),
+    ("bwd scratch 64 MB", dict(backward_scratch_mb=64)),
+    ("bwd scratch 1024 MB", dict(backward_scratch_mb=1024)),
 ]
 
 
@@ -98,6 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     wanted = [name.strip() for name in args.only.split(",") if name.strip()]
     configurations = [c for c in CONFIGURATIONS if not wanted or c[0] in wanted or c is CONFIGURATIONS[0]]
+    props = torch.cuda.get_device_properties(DEVICE) if DEVICE == "cuda" else None
+    print(json.dumps(dict(device=props.name if props else DEVICE, torch=torch.__version__,
+                          triton=triton.__version__, defaults=DEFAULTS)), flush=True)
     torch.manual_seed(0)
     contiguous = _scan_inputs(DEVICE, **SCAN_SHAPE)
     grad_y = torch.randn_like(contiguous["u"])
@@ -113,7 +126,8 @@ def main() -> None:
             try:
                 outputs = run_once(inputs, grad_y)
                 baseline = baseline or outputs
-                row.update(measure(inputs, grad_y), max_rel_diff=float(f"{max_relative_difference(outputs, baseline):.3g}"))
+                difference = max_relative_difference(outputs, baseline)
+                row.update(measure(inputs, grad_y), max_rel_diff=float(f"{difference:.3g}"))
             except Exception as error:  # report and go on with the next configuration
                 row["error"] = f"{type(error).__name__}: {error}"[:400]
             line = json.dumps(row)

@@ -2,8 +2,9 @@
 
 Without CUDA the kernels run in Triton's CPU interpreter (see conftest.py), so shapes stay tiny. The
 kernel's CONFIG is set per test (``scan_config``): "small" cuts 30-70 steps into many forward segments,
-backward checkpoint intervals and sub-tiles, with channel blocks of 4 (8 lanes per channel); "defaults" is
-the GPU configuration; "chunked" is the first kernel (chunks of 32 steps here).
+backward checkpoint intervals (run in groups of one) and sub-tiles, with channel blocks of 4 (8 lanes per
+channel), dB and dC added in two partial sums, no prefetching; "defaults" is the GPU configuration;
+"chunked" is the first kernel (chunks of 32 steps here).
 """
 import pytest
 import torch
@@ -19,7 +20,8 @@ BF16_TOL = dict(rtol=3e-2, atol=5e-2)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DIFFERENTIABLE = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 CONFIGS = {
-    "small": dict(min_segment=8, warps_per_sm=10**6, checkpoint=16, backward_sub=4, block_d=4, backward_block_d=4),
+    "small": dict(min_segment=8, warps_per_sm=10**6, checkpoint=16, backward_sub=4, block_d=4, backward_block_d=4,
+                  backward_scratch_mb=2**-12, backward_partials=2, prefetch=False),
     "defaults": {},
     "chunked": dict(variant="chunked"),
 }
@@ -144,6 +146,14 @@ def test_bf16_inputs(scan_config):
     check_against_reference(inputs, BF16_TOL, return_final_state=True, delta_softplus=True)
 
 
+@configs("small", "defaults")
+@pytest.mark.parametrize("channels, state, length", [(5, 5, 13), (3, 1, 3), (6, 2, 1)])
+def test_ragged_shapes(scan_config, channels, state, length):
+    """Channel blocks and state rows partly masked, sequences shorter than a tile."""
+    inputs = make_inputs(batch=1, channels=channels, state=state, length=length, initial_state=True)
+    check_against_reference(inputs, FP32_TOL, return_final_state=True, delta_softplus=True)
+
+
 @configs("small")
 def test_gradient_for_some_inputs_only(scan_config):
     inputs = make_inputs(length=40, groups=1)
@@ -198,8 +208,8 @@ def test_unknown_variant_is_refused(monkeypatch):
     (1, 4096, 10240, torch.bfloat16, BF16_TOL),
 ])
 def test_real_shapes_on_gpu(batch, channels, length, dtype, tol, monkeypatch):
-    """Both variants, with the inputs contiguous and laid out as the model passes them, against one
-    reference run."""
+    """The segmented kernel with the inputs laid out as the model passes them and contiguous, and the chunked
+    kernel, against one reference run."""
     inputs = make_inputs(batch, channels, 16, length, dtype=dtype, device="cuda", initial_state=True)
     inputs["B"], inputs["C"] = inputs["B"] / 4, inputs["C"] / 4  # keep y ~ 1 over 16 states
     batch, channels, length = inputs["u"].shape

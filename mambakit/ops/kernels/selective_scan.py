@@ -13,14 +13,22 @@ that benchmarks/scan_probe.py can sweep them without editing this file):
 Tile parameters of the segmented kernels:
 - block_d, num_warps: channels and warps of a forward program (block_d = 32 * num_warps puts one channel
   on each thread; smaller block_d spreads a channel's states over 32 * num_warps / block_d lanes).
+- prefetch: the forward kernels and the backward's adjoint summary load the next input tile while
+  computing the current one (latency hidden, more registers); maxnreg caps the forward kernels' registers
+  (None: ptxas decides).
 - warps_per_sm, min_segment: the forward cuts the sequence into segments of at least min_segment steps
-  until batch * channel blocks * segments programs bring about warps_per_sm warps per SM.
+  until batch * channel blocks * segments programs bring about warps_per_sm warps per SM (16: one wave
+  at the ~18 one-warp programs an SM holds at ~110 registers).
 - checkpoint: steps between the states the forward saves for the backward; the backward runs one program
   per checkpoint interval and channel block (backward_block_d channels, one warp).
 - backward_sub: steps whose states a backward program holds in registers while it runs the adjoint back
   (a power of two >= 4); the state entering each sub-tile goes through a scratch buffer of
   b * l / backward_sub * n * d floats.
 - backward_maxnreg: register cap of the backward kernel (None: ptxas decides; it takes all 255).
+- backward_partials: dB and dC are summed over backward_block_d / backward_partials channels (shuffles
+  across those lanes), then backward_partials sums per (state, step) are added atomically.
+- backward_scratch_mb: the backward runs over groups of checkpoint intervals, from the end, each group's
+  scratch within this budget.
 Chunked parameters: chunk (steps per tile; 32 below 512 steps), chunk_num_warps.
 """
 from __future__ import annotations
@@ -32,14 +40,19 @@ import triton
 
 from mambakit.ops.kernels import selective_scan_chunked as chunked
 from mambakit.ops.kernels.selective_scan_backward import _adjoint_summary_kernel, _segment_backward_kernel
-from mambakit.ops.kernels.selective_scan_forward import _segment_output_kernel, _segment_summary_kernel
+from mambakit.ops.kernels.selective_scan_forward import (
+    _segment_carry_kernel, _segment_output_kernel, _segment_summary_kernel,
+)
 
 CONFIG = {
     "variant": "segmented",
-    "block_d": 32, "num_warps": 1, "warps_per_sm": 24, "min_segment": 128,
+    "block_d": 32, "num_warps": 1, "prefetch": True, "maxnreg": None, "warps_per_sm": 16, "min_segment": 128,
     "checkpoint": 64, "backward_block_d": 32, "backward_sub": 4, "backward_maxnreg": None,
+    "backward_scratch_mb": 256, "backward_partials": 4,
     "chunk": 64, "chunk_num_warps": 1,
 }
+# backward_partials 4: fwd+bwd 4.46 ms against 4.76 ms with 1 (H200, benchmarks/scan_probe.py, model layout,
+# b=1 d=4096 l=10240 n=16 bf16; benchmarks/results/2026-11-29-h200-scan-probe.jsonl).
 VARIANTS = ("segmented", "chunked")
 
 
@@ -96,6 +109,30 @@ def _strides(t: torch.Tensor | None) -> tuple[int, ...]:
     return (0, 0, 0) if t is None else t.stride()
 
 
+def _carry(summary: torch.Tensor, start: torch.Tensor | None, state_size: int, reverse: bool, chained: int,
+           last: torch.Tensor | None = None):
+    """Run ``start`` (b, d, n) through the segments' (decay, term) in ``summary`` (b, segments, 2, n_pad, d):
+    the state entering each segment, or with ``reverse`` the adjoint reaching the end of each segment.
+    The first ``chained`` summaries (in that order) are read; ``last`` (b, n_pad, d) receives the value
+    after them. Returns the (b, segments, n_pad, d) fp32 result and its strides in the kernels'
+    (b, segment, d, n) order."""
+    batch, num_segments, _, state_pad, channels = summary.shape
+    carried = summary.new_empty(batch, num_segments, state_pad, channels)
+    block = min(1024, triton.next_power_of_2(state_pad * channels))
+    _segment_carry_kernel[(triton.cdiv(state_pad * channels, block), batch)](
+        summary, summary if start is None else start, carried, carried if last is None else last, channels,
+        state_size, num_segments, chained, summary.stride(0), summary.stride(1), summary.stride(2), *_strides(start),
+        carried.stride(0), carried.stride(1), HAS_START=start is not None, REVERSE=reverse,
+        STORE_LAST=last is not None, N_PAD=state_pad, BLOCK=block, UNROLL=8, num_warps=4,
+    )
+    return carried, (carried.stride(0), carried.stride(1), carried.stride(3), carried.stride(2))
+
+
+def _per_segment(start: torch.Tensor | None) -> tuple[int, int, int, int]:
+    """Strides (b, segment, d, n) that read a (b, d, n) tensor as the value of the only segment."""
+    return (0, 0, 0, 0) if start is None else (start.stride(0), 0, start.stride(1), start.stride(2))
+
+
 def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_state, delta_softplus: bool,
                        save_checkpoints: bool, save_final: bool):
     """Returns y, the final state (b, d, n) fp32 or None, the tensors the backward needs and the
@@ -120,14 +157,16 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
     slots = num_checkpoints + 1 if save_checkpoints else 1
     states = u.new_empty(batch, slots, state_size, channels, dtype=torch.float32)
     final_slot = slots - 1
-    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
     y = torch.empty_like(u)
     placeholder = A32  # passed for absent optional inputs; the kernels never read it
     keep_arg = placeholder if log_keep is None else log_keep
     common = dict(HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus, HAS_SEQ_IDX=seq_idx is not None,
-                  BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, num_warps=num_warps)
+                  BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, PREFETCH=CONFIG["prefetch"], num_warps=num_warps,
+                  maxnreg=CONFIG["maxnreg"])
     blocks = triton.cdiv(channels, block_d)
+    entering, entering_strides = initial_state, _per_segment(initial_state)
     if num_segments > 1:
+        summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
         _segment_summary_kernel[(blocks, num_segments - 1, batch)](
             u, delta, A32, B32, placeholder if bias32 is None else bias32, keep_arg, summary,
             length, channels, state_size, channels // groups, segment_steps, 0,
@@ -135,15 +174,16 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
             0 if log_keep is None else log_keep.stride(0), summary.stride(0), summary.stride(1), summary.stride(2),
             **common,
         )
+        entering, entering_strides = _carry(summary, initial_state, state_size, reverse=False,
+                                            chained=num_segments - 1)
     _segment_output_kernel[(blocks, num_segments, batch)](
         u, delta, A32, B32, C32, placeholder if D32 is None else D32, u if z is None else z,
-        placeholder if bias32 is None else bias32, keep_arg, placeholder if initial_state is None else initial_state,
-        summary, y, states,
+        placeholder if bias32 is None else bias32, keep_arg, placeholder if entering is None else entering, y, states,
         length, channels, state_size, channels // groups, segment_steps, spacing, final_slot, 0,
         *u.stride(), *delta.stride(), *_strides(z), *y.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
-        0 if log_keep is None else log_keep.stride(0), *_strides(initial_state),
-        summary.stride(0), summary.stride(1), summary.stride(2), states.stride(0), states.stride(1), states.stride(2),
-        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_INITIAL_STATE=initial_state is not None,
+        0 if log_keep is None else log_keep.stride(0), *entering_strides,
+        states.stride(0), states.stride(1), states.stride(2),
+        HAS_D=D32 is not None, HAS_Z=z is not None, HAS_ENTERING_STATE=entering is not None,
         SAVE_CHECKPOINTS=save_checkpoints, SAVE_FINAL=save_final, **common,
     )
     final_state = states[:, final_slot].transpose(1, 2) if save_final else None
@@ -153,7 +193,12 @@ def _segmented_forward(u, delta, A32, B, C, D32, z, bias32, seq_idx, initial_sta
 def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has_initial_state: bool,
                         delta_softplus: bool):
     """Gradients from ``_segmented_forward``'s saved tensors: du, ddelta, dz (like u, delta, z) and fp32
-    dA (d, n), dB, dC (b, g, n, l), dD, ddelta_bias (d,), initial-state gradient (b, n, d)."""
+    dA (d, n), dB, dC (b, g, n, l), dD, ddelta_bias (d,), initial-state gradient (b, n, d).
+
+    The checkpoint intervals (segments) run in groups from the end of the sequence, each group's
+    sub-tile scratch within CONFIG["backward_scratch_mb"]: adjoint summaries of the group's segments,
+    the carry of the adjoint from the group's end through them (its value past the group's first segment
+    starts the previous group), then the backward of the group's segments."""
     u, delta, z, B32, C32, log_keep, states = saved
     batch, channels, length = u.shape
     state_size = A32.shape[1]
@@ -162,10 +207,13 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
     steps = min(_steps_per_tile(u, delta, z, dy), sub)
     block_d = _block_d(CONFIG["backward_block_d"], channels, channels // groups)
     num_segments = triton.cdiv(length, spacing)
-    grid = (triton.cdiv(channels, block_d), num_segments, batch)
+    segment_bytes = batch * (spacing // sub) * state_pad * channels * 4
+    group_segments = max(1, min(num_segments, CONFIG["backward_scratch_mb"] * 2**20 // segment_bytes))
 
-    summary = u.new_empty(batch, num_segments, 2, state_pad, channels, dtype=torch.float32)
-    scratch = u.new_empty(batch, triton.cdiv(length, sub), state_pad, channels, dtype=torch.float32)
+    scratch = u.new_empty(batch, group_segments * spacing // sub, state_pad, channels, dtype=torch.float32)
+    summary = u.new_empty(batch, group_segments, 2, state_pad, channels, dtype=torch.float32)
+    # the adjoint passed from a group to the one before it (two buffers: one is read while the other is written)
+    group_ends = u.new_empty(2, batch, state_pad, channels, dtype=torch.float32)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = None if z is None else torch.empty_like(z)
     dA = u.new_zeros(state_size, channels, dtype=torch.float32)
@@ -175,31 +223,39 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
     dinitial = u.new_empty(batch, state_pad, channels, dtype=torch.float32) if has_initial_state else None
     placeholder = A32
     keep_arg = placeholder if log_keep is None else log_keep
+    keep_stride = 0 if log_keep is None else log_keep.stride(0)
     z_arg = u if z is None else z
+    bias_arg = placeholder if bias32 is None else bias32
     common = dict(HAS_Z=z is not None, HAS_DELTA_BIAS=bias32 is not None, DELTA_SOFTPLUS=delta_softplus,
                   HAS_SEQ_IDX=log_keep is not None, BLOCK_D=block_d, N_PAD=state_pad, STEPS=steps, SUB=sub,
                   num_warps=1)
-    bias_arg = placeholder if bias32 is None else bias32
-    keep_stride = 0 if log_keep is None else log_keep.stride(0)
-    _adjoint_summary_kernel[grid](
-        u, delta, A32, B32, C32, z_arg, bias_arg, keep_arg, dy, states, summary, scratch,
-        length, channels, state_size, channels // groups, spacing, 0,
-        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
-        keep_stride, states.stride(0), states.stride(1), states.stride(2),
-        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
-        **common,
-    )
-    _segment_backward_kernel[grid](  # reads summary and scratch
-        u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
-        placeholder if dfinal_state is None else dfinal_state, summary, scratch,
-        du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias, placeholder if dinitial is None else dinitial,
-        length, channels, state_size, channels // groups, spacing, num_segments, 0,
-        *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
-        *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *_strides(dfinal_state),
-        summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
-        HAS_D=D32 is not None, HAS_FINAL_GRAD=dfinal_state is not None, HAS_INITIAL_STATE=has_initial_state,
-        maxnreg=CONFIG["backward_maxnreg"], **common,
-    )
+    partials = min(CONFIG["backward_partials"], block_d)
+    start = dfinal_state
+    for index, first in enumerate(reversed(range(0, num_segments, group_segments))):
+        count = min(group_segments, num_segments - first)
+        grid = (triton.cdiv(channels, block_d), count, batch)
+        _adjoint_summary_kernel[grid](
+            u, delta, A32, B32, C32, z_arg, bias_arg, keep_arg, dy, states, summary, scratch,
+            length, channels, state_size, channels // groups, spacing, first, 0,
+            *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *A32.stride(), B32.stride(0), B32.stride(1),
+            keep_stride, states.stride(0), states.stride(1), states.stride(2),
+            summary.stride(0), summary.stride(1), summary.stride(2), scratch.stride(0), scratch.stride(1),
+            PREFETCH=CONFIG["prefetch"], **common,
+        )
+        end_adjoint, end_strides = _carry(summary[:, :count], start, state_size, reverse=True, chained=count,
+                                          last=group_ends[index % 2] if first > 0 else None)
+        _segment_backward_kernel[grid](  # reads the scratch
+            u, delta, A32, B32, C32, placeholder if D32 is None else D32, z_arg, bias_arg, keep_arg, dy,
+            end_adjoint, scratch, du, ddelta, du if dz is None else dz, dA, dB32, dC32, dD, dbias,
+            placeholder if dinitial is None else dinitial,
+            length, channels, state_size, channels // groups, spacing, first, 0,
+            *u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *du.stride(), *ddelta.stride(), *_strides(dz),
+            *A32.stride(), B32.stride(0), B32.stride(1), keep_stride, *end_strides, scratch.stride(0),
+            scratch.stride(1),
+            HAS_D=D32 is not None, HAS_END_ADJOINT=True, HAS_INITIAL_STATE=has_initial_state, PARTIALS=partials,
+            maxnreg=CONFIG["backward_maxnreg"], **common,
+        )
+        start = group_ends[index % 2].transpose(1, 2)  # (b, d, n) view of the previous group's end adjoint
 
     def projection_grad(dP32):
         return dP32[:, :, :length, :state_size].transpose(2, 3)

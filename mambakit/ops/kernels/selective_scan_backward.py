@@ -12,8 +12,10 @@ Two kernels, one program per (channel block, segment, batch row):
   the state entering every SUB-step sub-tile in a scratch buffer (b, l_pad / SUB, N_PAD, d), and it sums
   the segment's own adjoint reaching the state before the segment, G = sum_t (prod_{k<=t} a_k) dout_t C_t,
   together with the segment's total decay P = prod_t a_t (b, segments, 2, N_PAD, d).
-- ``_segment_backward_kernel`` first carries the adjoint from the end of the sequence to the end of its
-  segment through the later segments' (P, G) (a short loop), then walks the sub-tiles backwards: it
+- ``_segment_carry_kernel`` (selective_scan_forward.py) runs the final state's gradient back through the
+  segments' (P, G): the adjoint reaching the end of every segment.
+- ``_segment_backward_kernel`` starts from the adjoint at the end of its segment and walks the sub-tiles
+  backwards: it
   recomputes the sub-tile's h from the scratch into a (SUB, N_PAD, BLOCK_D) register tile and runs the
   adjoint recurrence back over the sub-tile, forming every gradient. The adjoint leaving segment 0 is the
   initial state's gradient. dA, dD and ddelta_bias are summed per program and added atomically.
@@ -24,21 +26,30 @@ import triton
 import triton.language as tl
 
 from mambakit.ops.kernels.selective_scan_forward import (
-    LOG2E, delta_tile, program_geometry, state_tile, step_tile, store_step_tile,
+    LOG2E, advance, delta_tile, first_tile, program_geometry, state_tile, step_tile, store_step_tile,
 )
 
 LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def output_grad_tile(dy_ptr, dy_cols, stride_dy_l, z_ptr, z_cols, stride_z_l, t0, length, d_mask,
-                     HAS_Z: tl.constexpr, STEPS: tl.constexpr):
-    """(dy, z, dout) tiles (STEPS, BLOCK_D): dout = dy * silu(z) is the gradient of C h + D u."""
-    dy = step_tile(dy_ptr, dy_cols, stride_dy_l, t0, length, d_mask, STEPS)
+def partial_sums(values, PARTIALS: tl.constexpr):
+    """(N_PAD, BLOCK_D) -> (N_PAD, PARTIALS): sums over BLOCK_D / PARTIALS consecutive channels. With the
+    channels across the lanes, fewer lanes to reduce over means fewer shuffles (and PARTIALS atomic adds)."""
+    n_pad: tl.constexpr = values.shape[0]
+    block_d: tl.constexpr = values.shape[1]
+    return tl.sum(tl.reshape(values, (n_pad, PARTIALS, block_d // PARTIALS)), axis=2)
+
+
+@triton.jit
+def output_grad_tile(dy_raw, z_raw, HAS_Z: tl.constexpr):
+    """(dy, z, dout) fp32 tiles from ``step_tile``s of dy and z: dout = dy * silu(z), the gradient of
+    C h + D u (z is dy's tile without HAS_Z)."""
+    dy = dy_raw.to(tl.float32)
     z = dy
     dout = dy
     if HAS_Z:
-        z = step_tile(z_ptr, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+        z = z_raw.to(tl.float32)
         dout = dy * z * tl.sigmoid(z)
     return dy, z, dout
 
@@ -47,22 +58,23 @@ def output_grad_tile(dy_ptr, dy_cols, stride_dy_l, z_ptr, z_cols, stride_z_l, t0
 def _adjoint_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, states_ptr,
     summary_ptr, scratch_ptr,
-    length, channels, state_size, channels_per_group, segment_steps, zero,
+    length, channels, state_size, channels_per_group, segment_steps, first_segment, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_dy_b, stride_dy_d, stride_dy_l,
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
     stride_states_b, stride_states_slot, stride_states_n, stride_summary_b, stride_summary_seg, stride_summary_part,
     stride_scratch_b, stride_scratch_sub,
     HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    """Grid (cdiv(d, BLOCK_D), segments, b). u, delta, z, dy: (b, d, l) any strides; A: (d, n);
-    B, C: (b, g, l_pad, N_PAD) fp32; log_keep: (b, l_pad); states: (b, slots, n, d) fp32 checkpoints
-    (slot s enters segment s); summary: (b, segments, 2, N_PAD, d) fp32 receives P (part 0) and G
-    (part 1); scratch: (b, l_pad / SUB, N_PAD, d) fp32 receives the state entering every sub-tile."""
+    """Grid (cdiv(d, BLOCK_D), group segments, b): segments first_segment + i of a group of them.
+    u, delta, z, dy: (b, d, l) any strides; A: (d, n); B, C: (b, g, l_pad, N_PAD) fp32; log_keep:
+    (b, l_pad); states: (b, slots, n, d) fp32 checkpoints (slot s enters segment s); summary:
+    (b, group segments, 2, N_PAD, d) fp32 receives P (part 0) and G (part 1); scratch:
+    (b, group steps / SUB, N_PAD, d) fp32 receives the state entering every sub-tile of the group."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
-    segment = tl.program_id(1)
+    segment = first_segment + tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     A2 = tl.load(A_ptr + d_offs[None, :] * stride_A_d + state_rows * stride_A_n, mask=state_mask, other=0.0) * LOG2E
     u_base, u_cols = u_ptr + batch * stride_u_b, d_index * stride_u_d
@@ -78,19 +90,30 @@ def _adjoint_summary_kernel(
         delta_bias = tl.load(delta_bias_ptr + d_offs, mask=d_mask, other=0.0)
     states = tl.arange(0, N_PAD)
 
-    h = state_tile(states_ptr + batch * stride_states_b + segment * stride_states_slot, stride_states_n, d_offs,
-                   state_rows, state_mask)
+    checkpoint = states_ptr + batch * stride_states_b + tl.cast(segment, tl.int64) * stride_states_slot
+    h = state_tile(checkpoint, stride_states_n, d_offs, state_rows, state_mask)
     decay_product = tl.full((N_PAD, BLOCK_D), 1.0, dtype=tl.float32)
     adjoint = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     first = segment * segment_steps
+    group_start = first_segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
+    dy_next = first_tile(dy_base, dy_cols, stride_dy_l, first, length, d_mask, PREFETCH, STEPS)
+    if HAS_Z:
+        z_next = first_tile(z_base, z_cols, stride_z_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        dy_raw, dy_next = advance(dy_next, dy_base, dy_cols, stride_dy_l, t0, length, d_mask, PREFETCH, STEPS)
+        z_raw = dy_raw
+        if HAS_Z:
+            z_raw, z_next = advance(z_next, z_base, z_cols, stride_z_l, t0, length, d_mask, PREFETCH, STEPS)
         if t0 % SUB == 0:
-            tl.store(scratch + (t0 // SUB) * stride_scratch_sub, h, mask=state_mask)
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
-        _, _, dout = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length, d_mask,
-                                      HAS_Z, STEPS)
+            tl.store(scratch + tl.cast((t0 - group_start) // SUB, tl.int64) * stride_scratch_sub, h, mask=state_mask)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        delta_u = delta * u_raw.to(tl.float32)
+        _, _, dout = output_grad_tile(dy_raw, z_raw, HAS_Z)
         for j in tl.static_range(STEPS):
             row = (tl.arange(0, STEPS) == j)[:, None]  # rows of a tile live in each thread: picks are copies
             log2_decay = tl.sum(tl.where(row, delta, 0.0), axis=0)[None, :] * A2
@@ -103,34 +126,35 @@ def _adjoint_summary_kernel(
             decay_product *= decay
             adjoint += decay_product * (tl.sum(tl.where(row, dout, 0.0), axis=0)[None, :] * C_j[:, None])
 
-    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg + state_rows * channels + d_offs[None, :]
+    out = summary_ptr + batch * stride_summary_b + tl.program_id(1) * stride_summary_seg
+    out += state_rows * channels + d_offs[None, :]
     tl.store(out, decay_product, mask=state_mask)
     tl.store(out + stride_summary_part, adjoint, mask=state_mask)
 
 
 @triton.jit(do_not_specialize=["zero"])  # a runtime 0: see program_geometry
 def _segment_backward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, final_grad_ptr,
-    summary_ptr, scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr,
-    initial_grad_ptr,
-    length, channels, state_size, channels_per_group, segment_steps, num_segments, zero,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, dy_ptr, end_adjoint_ptr,
+    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddelta_bias_ptr, initial_grad_ptr,
+    length, channels, state_size, channels_per_group, segment_steps, first_segment, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_dy_b, stride_dy_d, stride_dy_l,
     stride_du_b, stride_du_d, stride_du_l, stride_ddelta_b, stride_ddelta_d, stride_ddelta_l,
     stride_dz_b, stride_dz_d, stride_dz_l,
-    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b, stride_final_b, stride_final_d, stride_final_n,
-    stride_summary_b, stride_summary_seg, stride_summary_part, stride_scratch_b, stride_scratch_sub,
+    stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
+    stride_end_b, stride_end_seg, stride_end_d, stride_end_n, stride_scratch_b, stride_scratch_sub,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr,
+    HAS_SEQ_IDX: tl.constexpr, HAS_END_ADJOINT: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, SUB: tl.constexpr, PARTIALS: tl.constexpr,
 ):
-    """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose summary and
-    scratch it reads), plus D (d,), final_grad (b, d, n) any strides. Writes du, ddelta, dz: (b, d, l) any
+    """Grid (cdiv(d, BLOCK_D), group segments, b). Inputs as in ``_adjoint_summary_kernel`` (whose scratch it
+    reads), plus D (d,), end_adjoint: (b, group segments, d, n) through strides, the gradient reaching the
+    state at the end of each segment (zero without HAS_END_ADJOINT). Writes du, ddelta, dz: (b, d, l) any
     strides; adds into dA (n, d), dD, ddelta_bias (d,) and dB, dC (b, g, l_pad, N_PAD), all fp32 and
     zeroed by the caller; writes the initial state's gradient (b, N_PAD, d) fp32."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
-    segment = tl.program_id(1)
+    segment = first_segment + tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     A2 = tl.load(A_ptr + d_offs[None, :] * stride_A_d + state_rows * stride_A_n, mask=state_mask, other=0.0) * LOG2E
     u_base, u_cols = u_ptr + batch * stride_u_b, d_index * stride_u_d
@@ -153,17 +177,12 @@ def _segment_backward_kernel(
     if HAS_D:
         skip = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0)
     states = tl.arange(0, N_PAD)
+    partial_offs = states[:, None] + tl.zeros((1, PARTIALS), dtype=tl.int32)  # PARTIALS sums per state
 
-    # the adjoint reaching the end of this segment from the final state and the later segments
-    carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
-    if HAS_FINAL_GRAD:
-        carried = state_tile(final_grad_ptr + batch * stride_final_b, stride_final_n, d_index * stride_final_d,
-                             state_rows, state_mask)
-    summary = summary_ptr + batch * stride_summary_b + state_rows * channels + d_offs[None, :]
-    for i in range(num_segments - 1 - segment):
-        later = summary + (num_segments - 1 - i) * stride_summary_seg
-        carried = tl.load(later + stride_summary_part, mask=state_mask, other=0.0) + \
-            tl.load(later, mask=state_mask, other=0.0) * carried
+    carried = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)  # a_{t+1} g_{t+1}: the adjoint passed back to h_t
+    if HAS_END_ADJOINT:
+        end_adjoint = end_adjoint_ptr + batch * stride_end_b + tl.program_id(1) * stride_end_seg
+        carried = state_tile(end_adjoint, stride_end_n, d_index * stride_end_d, state_rows, state_mask)
 
     dA = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -173,15 +192,16 @@ def _segment_backward_kernel(
     for i in range(num_subtiles):
         t_sub = first + (num_subtiles - 1 - i) * SUB
         # recompute h over the sub-tile from the state entering it; keep delta and u
-        h = tl.load(scratch + (t_sub // SUB) * stride_scratch_sub, mask=state_mask, other=0.0)
+        sub_tile = tl.cast((t_sub - first_segment * segment_steps) // SUB, tl.int64)
+        h = tl.load(scratch + sub_tile * stride_scratch_sub, mask=state_mask, other=0.0)
         h_tile = tl.zeros((SUB, N_PAD, BLOCK_D), dtype=tl.float32)
         delta_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)
         u_sub = tl.zeros((SUB, BLOCK_D), dtype=tl.float32)
         for p in tl.static_range(SUB // STEPS):
             t0 = t_sub + p * STEPS
-            delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                               HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-            u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+            delta = delta_tile(step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS), t0,
+                               length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+            u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS).to(tl.float32)
             for j in tl.static_range(STEPS):
                 row = (tl.arange(0, STEPS) == j)[:, None]  # picks and puts of in-thread rows are copies
                 sub_row = (tl.arange(0, SUB) == p * STEPS + j)[:, None]
@@ -200,8 +220,11 @@ def _segment_backward_kernel(
         for q in tl.static_range(SUB // STEPS):
             p = SUB // STEPS - 1 - q
             t0 = t_sub + p * STEPS
-            _, _, dout = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length,
-                                          d_mask, HAS_Z, STEPS)
+            dy_raw = step_tile(dy_base, dy_cols, stride_dy_l, t0, length, d_mask, STEPS)
+            z_raw = dy_raw
+            if HAS_Z:
+                z_raw = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            _, _, dout = output_grad_tile(dy_raw, z_raw, HAS_Z)
             u = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
             du = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
             ddelta = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)  # before softplus'
@@ -218,9 +241,10 @@ def _segment_backward_kernel(
                 C_j = tl.load(C_base + (t0 + j) * N_PAD + states)[:, None]
                 g = dout_j[None, :] * C_j + carried
                 g_delta_u = g * (delta_j * u_j)[None, :]
-                tl.atomic_add(dC_base + (t0 + j) * N_PAD + states, tl.sum(dout_j[None, :] * h_j, axis=1),
+                tl.atomic_add(dC_base + (t0 + j) * N_PAD + partial_offs, partial_sums(dout_j[None, :] * h_j, PARTIALS),
                               sem="relaxed")
-                tl.atomic_add(dB_base + (t0 + j) * N_PAD + states, tl.sum(g_delta_u, axis=1), sem="relaxed")
+                tl.atomic_add(dB_base + (t0 + j) * N_PAD + partial_offs, partial_sums(g_delta_u, PARTIALS),
+                              sem="relaxed")
                 through_decay = g * h_j - g_delta_u * B_j  # g_t a_t h_{t-1}
                 dA += through_decay * delta_j[None, :]
                 ddelta_u_j = tl.sum(g * B_j, axis=0)
@@ -236,7 +260,7 @@ def _segment_backward_kernel(
                 carried = tl.exp2(log2_decay) * g
 
             if DELTA_SOFTPLUS:
-                raw = step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS)
+                raw = step_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, STEPS).to(tl.float32)
                 if HAS_DELTA_BIAS:
                     raw += delta_bias[None, :]
                 ddelta *= tl.sigmoid(raw)
@@ -248,9 +272,9 @@ def _segment_backward_kernel(
                 ddelta_bias += tl.sum(ddelta, axis=0)
             if HAS_D:
                 dD += tl.sum(dout * u, axis=0)
-            if HAS_Z:
-                dy, z, _ = output_grad_tile(dy_base, dy_cols, stride_dy_l, z_base, z_cols, stride_z_l, t0, length,
-                                            d_mask, HAS_Z, STEPS)
+            if HAS_Z:  # dy and z again (L1 hits) rather than kept in registers through the steps
+                dy = step_tile(dy_base, dy_cols, stride_dy_l, t0, length, d_mask, STEPS).to(tl.float32)
+                z = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS).to(tl.float32)
                 z_sigmoid = tl.sigmoid(z)
                 dz = dy * (out + skip[None, :] * u) * z_sigmoid * (1.0 + z * (1.0 - z_sigmoid))
                 store_step_tile(dz_base, dz_cols, stride_dz_l, t0, length, d_mask, dz, STEPS)

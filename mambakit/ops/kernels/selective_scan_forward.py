@@ -13,11 +13,12 @@ read in place with one element per thread per step, coalesced across the warp (s
 
 Parallel segments. The sequence is split into segments so that batch * channel blocks * segments fills
 the GPU. ``_segment_summary_kernel`` walks every segment but the last from a zero state and stores its
-end state and its total decay exp(A * sum delta) (b, segments, 2, N_PAD, d). ``_segment_output_kernel``
-starts each segment from the initial state carried through the summaries of the segments before it
-(a short loop), walks it again writing y, and stores the state entering every CHECKPOINT-th step
-(and the final state) for the backward. Padded positions past l have delta = 0 and B = 0 (identity steps).
-``seq_idx`` resets enter as a per-position log2-decay of -inf (decay 0).
+end state and its total decay exp(A * sum delta) (b, segments, 2, N_PAD, d); ``_segment_carry_kernel``
+runs the initial state through these summaries, giving the state entering every segment;
+``_segment_output_kernel`` walks each segment again from its entering state, writing y, and stores the
+state entering every checkpoint_steps-th step (and the final state) for the backward. Padded positions
+past l have delta = 0 and B = 0 (identity steps). ``seq_idx`` resets enter as a per-position log2-decay
+of -inf (decay 0).
 """
 from __future__ import annotations
 
@@ -34,12 +35,34 @@ def softplus(x):
 
 @triton.jit
 def step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS: tl.constexpr):
-    """(STEPS, BLOCK_D) fp32 tile of a (d, l) tensor: rows are steps t0.., columns the channels whose
-    element offsets are ``cols`` (int64); 0 past ``length`` and outside ``d_mask``."""
+    """(STEPS, BLOCK_D) tile of a (d, l) tensor in its dtype: rows are steps t0.., columns the channels
+    whose element offsets are ``cols`` (int64); 0 past ``length`` and outside ``d_mask``."""
     rows = tl.arange(0, STEPS)
     mask = (t0 + rows < length)[:, None] & d_mask[None, :]
     row_ptr = ptr + tl.cast(t0, tl.int64) * stride_l
-    return tl.load(row_ptr + rows[:, None] * stride_l + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return tl.load(row_ptr + rows[:, None] * stride_l + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def advance(prefetched, ptr, cols, stride_l, t0, length, d_mask, PREFETCH: tl.constexpr, STEPS: tl.constexpr):
+    """(tile at t0, what to carry to the next step of a loop over tiles). With PREFETCH the tile at t0 was
+    loaded one iteration earlier and the one at t0 + STEPS is loaded now, so that its latency hides behind
+    a tile of work (for more registers); otherwise the tile is loaded when needed."""
+    if PREFETCH:
+        current = prefetched
+        prefetched = step_tile(ptr, cols, stride_l, t0 + STEPS, length, d_mask, STEPS)
+    else:
+        current = step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    return current, prefetched
+
+
+@triton.jit
+def first_tile(ptr, cols, stride_l, t0, length, d_mask, PREFETCH: tl.constexpr, STEPS: tl.constexpr):
+    """What ``advance`` carries into the first iteration (zeros, which it passes on unused, without PREFETCH)."""
+    tile = tl.zeros((STEPS, cols.shape[0]), dtype=ptr.dtype.element_ty)
+    if PREFETCH:
+        tile = step_tile(ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    return tile
 
 
 @triton.jit
@@ -52,10 +75,11 @@ def store_step_tile(ptr, cols, stride_l, t0, length, d_mask, tile, STEPS: tl.con
 
 
 @triton.jit
-def delta_tile(delta_ptr, cols, stride_l, t0, length, d_mask, delta_bias,
+def delta_tile(raw, t0, length, d_mask, delta_bias,
                HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, STEPS: tl.constexpr):
-    """(STEPS, BLOCK_D) step sizes after bias and softplus, 0 at padded positions (identity steps)."""
-    delta = step_tile(delta_ptr, cols, stride_l, t0, length, d_mask, STEPS)
+    """(STEPS, BLOCK_D) fp32 step sizes from a ``step_tile`` of delta: after bias and softplus, 0 at padded
+    positions (identity steps)."""
+    delta = raw.to(tl.float32)
     if HAS_DELTA_BIAS:
         delta += delta_bias[None, :]
     if DELTA_SOFTPLUS:
@@ -97,7 +121,7 @@ def _segment_summary_kernel(
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
     stride_summary_b, stride_summary_seg, stride_summary_part,
     HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), segments - 1, b). u, delta: (b, d, l) any strides; A: (d, n);
     B: (b, g, l_pad, N_PAD) fp32 contiguous; log_keep: (b, l_pad); summary: (b, segments, 2, N_PAD, d) fp32.
@@ -121,10 +145,14 @@ def _segment_summary_kernel(
     delta_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     keep_sum = 0.0
     first = segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, first + segment_steps, STEPS):
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        delta_u = delta * step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        delta_u = delta * u_raw.to(tl.float32)
         delta_sum += tl.sum(delta, axis=0)
         for j in tl.static_range(STEPS):
             row = (tl.arange(0, STEPS) == j)[:, None]  # rows of a tile live in each thread: picks are copies
@@ -136,29 +164,73 @@ def _segment_summary_kernel(
             B_j = tl.load(B_base + (t0 + j) * N_PAD + states)
             h = tl.exp2(log2_decay) * h + tl.sum(tl.where(row, delta_u, 0.0), axis=0)[None, :] * B_j[:, None]
 
-    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg + state_rows * channels + d_offs[None, :]
+    out = summary_ptr + batch * stride_summary_b + segment * stride_summary_seg
+    out += state_rows * channels + d_offs[None, :]
     tl.store(out, tl.exp2(A2 * delta_sum[None, :] + keep_sum), mask=state_mask)
     tl.store(out + stride_summary_part, h, mask=state_mask)
 
 
+@triton.jit
+def _segment_carry_kernel(
+    summary_ptr, start_ptr, carried_ptr, last_ptr, channels, state_size, num_segments, chained_segments,
+    stride_summary_b, stride_summary_seg, stride_summary_part, stride_start_b, stride_start_d, stride_start_n,
+    stride_carried_b, stride_carried_seg,
+    HAS_START: tl.constexpr, REVERSE: tl.constexpr, STORE_LAST: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+):
+    """Grid (cdiv(N_PAD * d, BLOCK), b). summary: (b, segments, 2, N_PAD, d) fp32, each segment's (decay,
+    term); start: (b, d, n) any strides (zero without HAS_START); carried: (b, segments, N_PAD, d) fp32.
+    Forwards: carried[0] = start, carried[s + 1] = decay_s carried[s] + term_s (the state entering each
+    segment). REVERSE: carried[S - 1] = start, carried[s - 1] = decay_s carried[s] + term_s (the adjoint
+    reaching the end of each segment). Only the first ``chained_segments`` summaries in that order are
+    read; with STORE_LAST the value after them goes to last (b, N_PAD, d) fp32. UNROLL segments are loaded
+    at once, then chained in registers."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (n, d) index
+    batch = tl.program_id(1).to(tl.int64)
+    state, channel = offs // channels, offs % channels
+    mask = (offs < N_PAD * channels) & (state < state_size)
+    carried = tl.zeros((BLOCK,), dtype=tl.float32)
+    if HAS_START:
+        carried = tl.load(start_ptr + batch * stride_start_b + channel * stride_start_d + state * stride_start_n,
+                          mask=mask, other=0.0).to(tl.float32)
+    summary = summary_ptr + batch * stride_summary_b + offs[None, :]
+    out = carried_ptr + batch * stride_carried_b + offs[None, :]
+    for first in range(0, num_segments, UNROLL):
+        step = first + tl.arange(0, UNROLL)
+        segment = (num_segments - 1 - step) if REVERSE else step
+        valid = (step < num_segments)[:, None] & mask[None, :]
+        chained = (step < chained_segments)[:, None] & mask[None, :]
+        decay = tl.load(summary + segment[:, None] * stride_summary_seg, mask=chained, other=1.0)
+        term = tl.load(summary + segment[:, None] * stride_summary_seg + stride_summary_part, mask=chained, other=0.0)
+        values = tl.zeros((UNROLL, BLOCK), dtype=tl.float32)
+        for j in tl.static_range(UNROLL):
+            row = (tl.arange(0, UNROLL) == j)[:, None]  # rows live in each thread: picks are copies
+            values = tl.where(row, carried[None, :], values)
+            carried = tl.sum(tl.where(row, decay, 0.0), axis=0) * carried + tl.sum(tl.where(row, term, 0.0), axis=0)
+        tl.store(out + segment[:, None] * stride_carried_seg, values, mask=valid)
+    if STORE_LAST:
+        tl.store(last_ptr + batch * N_PAD * channels + offs, carried, mask=mask)
+
+
 @triton.jit(do_not_specialize=["zero"])  # a runtime 0: see program_geometry
 def _segment_output_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, initial_ptr,
-    summary_ptr, y_ptr, states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, log_keep_ptr, entering_ptr,
+    y_ptr, states_ptr,
     length, channels, state_size, channels_per_group, segment_steps, checkpoint_steps, final_slot, zero,
     stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l, stride_y_b, stride_y_d, stride_y_l,
     stride_A_d, stride_A_n, stride_bc_b, stride_bc_g, stride_keep_b,
-    stride_initial_b, stride_initial_d, stride_initial_n, stride_summary_b, stride_summary_seg, stride_summary_part,
+    stride_entering_b, stride_entering_seg, stride_entering_d, stride_entering_n,
     stride_states_b, stride_states_slot, stride_states_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    HAS_SEQ_IDX: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
+    HAS_SEQ_IDX: tl.constexpr, HAS_ENTERING_STATE: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
     SAVE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STEPS: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Grid (cdiv(d, BLOCK_D), segments, b). Inputs as in ``_segment_summary_kernel``, plus C like B, z and y:
-    (b, d, l) any strides, initial state (b, d, n) any strides. states: (b, slots, n, d) fp32; with
-    SAVE_CHECKPOINTS slot c receives the state entering step c * checkpoint_steps; with SAVE_FINAL slot
-    ``final_slot`` receives the final state."""
+    (b, d, l) any strides, entering: (b, segments, d, n) through strides, the state entering each segment
+    (zero without HAS_ENTERING_STATE). states: (b, slots, n, d) fp32; with SAVE_CHECKPOINTS slot c receives
+    the state entering step c * checkpoint_steps; with SAVE_FINAL slot ``final_slot`` the final state."""
     d_offs, d_mask, d_index, state_rows, state_mask, group = program_geometry(
         channels, state_size, channels_per_group, zero, BLOCK_D, N_PAD)
     segment = tl.program_id(1)
@@ -180,24 +252,29 @@ def _segment_output_kernel(
     states = tl.arange(0, N_PAD)
 
     h = tl.zeros((N_PAD, BLOCK_D), dtype=tl.float32)
-    if HAS_INITIAL_STATE:
-        h = state_tile(initial_ptr + batch * stride_initial_b, stride_initial_n, d_index * stride_initial_d,
-                       state_rows, state_mask)
-    summary = summary_ptr + batch * stride_summary_b + state_rows * channels + d_offs[None, :]
-    for earlier in range(segment):  # the state entering this segment
-        decay = tl.load(summary + earlier * stride_summary_seg, mask=state_mask, other=0.0)
-        end = tl.load(summary + earlier * stride_summary_seg + stride_summary_part, mask=state_mask, other=0.0)
-        h = decay * h + end
+    if HAS_ENTERING_STATE:
+        entering = entering_ptr + batch * stride_entering_b + tl.cast(segment, tl.int64) * stride_entering_seg
+        h = state_tile(entering, stride_entering_n, d_index * stride_entering_d, state_rows, state_mask)
 
     first = segment * segment_steps
+    delta_next = first_tile(delta_base, delta_cols, stride_delta_l, first, length, d_mask, PREFETCH, STEPS)
+    u_next = first_tile(u_base, u_cols, stride_u_l, first, length, d_mask, PREFETCH, STEPS)
+    if HAS_Z:
+        z_next = first_tile(z_base, z_cols, stride_z_l, first, length, d_mask, PREFETCH, STEPS)
     for t0 in range(first, tl.minimum(first + segment_steps, length), STEPS):
+        delta_raw, delta_next = advance(delta_next, delta_base, delta_cols, stride_delta_l, t0, length, d_mask,
+                                        PREFETCH, STEPS)
+        u_raw, u_next = advance(u_next, u_base, u_cols, stride_u_l, t0, length, d_mask, PREFETCH, STEPS)
+        if HAS_Z:
+            if PREFETCH:  # (without it, z is loaded after the steps, where it is used)
+                z_raw, z_next = advance(z_next, z_base, z_cols, stride_z_l, t0, length, d_mask, PREFETCH, STEPS)
         if SAVE_CHECKPOINTS:
             if t0 % checkpoint_steps == 0:
-                tl.store(states_base + (t0 // checkpoint_steps) * stride_states_slot + state_rows * stride_states_n
-                         + d_offs[None, :], h, mask=state_mask)
-        delta = delta_tile(delta_base, delta_cols, stride_delta_l, t0, length, d_mask, delta_bias,
-                           HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
-        u = step_tile(u_base, u_cols, stride_u_l, t0, length, d_mask, STEPS)
+                slot = tl.cast(t0 // checkpoint_steps, tl.int64)
+                tl.store(states_base + slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :], h,
+                         mask=state_mask)
+        delta = delta_tile(delta_raw, t0, length, d_mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS, STEPS)
+        u = u_raw.to(tl.float32)
         delta_u = delta * u
         y = tl.zeros((STEPS, BLOCK_D), dtype=tl.float32)
         for j in tl.static_range(STEPS):
@@ -212,11 +289,14 @@ def _segment_output_kernel(
         if HAS_D:
             y += skip * u
         if HAS_Z:
-            z = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            if not PREFETCH:
+                z_raw = step_tile(z_base, z_cols, stride_z_l, t0, length, d_mask, STEPS)
+            z = z_raw.to(tl.float32)
             y *= z * tl.sigmoid(z)
         store_step_tile(y_base, y_cols, stride_y_l, t0, length, d_mask, y, STEPS)
 
     if SAVE_FINAL:
         if first + segment_steps >= length:
-            tl.store(states_base + final_slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :],
-                     h, mask=state_mask)
+            slot = tl.cast(final_slot, tl.int64)
+            tl.store(states_base + slot * stride_states_slot + state_rows * stride_states_n + d_offs[None, :], h,
+                     mask=state_mask)
