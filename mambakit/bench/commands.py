@@ -79,7 +79,9 @@ def run_benchmarks(args) -> dict:
         for length in _int_list(args.prefill_lengths):
             record(model_bench.bench_prefill(model, length, chunk=args.prefill_chunk))
     if "train" in suites:
-        record(model_bench.bench_train(model, batch=args.train_batch, length=args.train_length))
+        for checkpointing in {"off": (False,), "on": (True,), "both": (False, True)}[args.train_checkpointing]:
+            record(model_bench.bench_train(model, batch=args.train_batch, length=args.train_length,
+                                           checkpointing=checkpointing))
     if "ops" in suites:
         for module in OP_BENCH_MODULES:
             for row in importlib.import_module(module).run("cuda"):
@@ -124,6 +126,8 @@ def register(subparsers) -> None:
     bench.add_argument("--prefill-chunk", type=int, default=4096, help="prefill this many tokens per forward")
     bench.add_argument("--train-batch", type=int, default=4)
     bench.add_argument("--train-length", type=int, default=2048)
+    bench.add_argument("--train-checkpointing", choices=("off", "on", "both"), default="both",
+                       help="train without and/or with per-block gradient checkpointing (memory for speed)")
     bench.add_argument("--baseline", choices=("hf",), help="also run HF transformers on the same shape")
     bench.add_argument("--out", help="write the JSON report here")
     long_options = bench.add_argument_group(f"'{LONG}' (Mamba vs a Transformer over growing prompts)")

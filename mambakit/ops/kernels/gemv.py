@@ -51,7 +51,9 @@ def _block_n(n: int, device: torch.device) -> int:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     if rows != 1 or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return torch.nn.functional.linear(x, weight, bias)
+        # As one 2-D addmm: for a strided (..., k) view (dt of the split x_proj output) F.linear would run
+        # a matmul and then a separate bias-add kernel over the whole (..., n) output.
+        return torch.nn.functional.linear(x.reshape(rows, x.shape[-1]), weight, bias).view(*x.shape[:-1], -1)
     n, k = weight.shape
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
