@@ -99,6 +99,8 @@ def run_series(name: str, build: Callable[[], tuple[Runner, int, int]], lengths:
     ``build()`` -> (runner, vocabulary size, parameter count). Each result row has the context length and
     a status: "ok" (with prefill_s, prefill_tok_s, decode_tok_s, peak_gb), "oom" or "time limit".
     """
+    from mambakit.generation.generator import DEFAULT_PREFILL_CHUNK
+
     runner, vocab, params = build()
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (lengths[-1],), generator=generator).tolist()
