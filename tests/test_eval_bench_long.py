@@ -55,7 +55,7 @@ def test_a_series_stops_at_its_time_share_and_at_out_of_memory(tmp_path):
     series = long_context.run_series("fake", build, [4, 8, 16, 32], 3, torch.device("cpu"), time.monotonic() + 60)
     assert [(r["context"], r["status"]) for r in series["results"]] == [(4, "ok"), (8, "ok"), (16, "oom")]
     assert (series["longest_ok"], series["oom_at"]) == (8, 16)
-    assert calls == [4, 4, 8, 16]  # a warm-up at the first length, then each length once
+    assert calls == [4, 4, 8, 8, 16]  # each length up to the prefill chunk: a warm-up, then the measured run
     expired = long_context.run_series("late", build, [4, 8], 3, torch.device("cpu"), time.monotonic() - 1)
     assert [(r["context"], r["status"]) for r in expired["results"]] == [(4, "time limit")]
 

@@ -104,11 +104,6 @@ def run_series(name: str, build: Callable[[], tuple[Runner, int, int]], lengths:
     runner, vocab, params = build()
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (lengths[-1],), generator=generator).tolist()
-    # Warm-up: kernel compilation (a kernel compiles again for each new chunk shape, and every chunk of a
-    # longer prompt has one of these shapes) and CUDA graph capture, so no measured row pays for them.
-    for length in lengths:
-        if length <= DEFAULT_PREFILL_CHUNK:
-            runner(prompt[:length], decode_tokens)
     results, durations = [], []
     for length in lengths:
         growth = max(2.0, durations[-1] / durations[-2]) if len(durations) > 1 else 2.0  # lengths double
@@ -117,6 +112,10 @@ def run_series(name: str, build: Callable[[], tuple[Runner, int, int]], lengths:
             results.append({"context": length, "status": "time limit"})
             break
         try:
+            if length <= DEFAULT_PREFILL_CHUNK:
+                # Warm-up: kernels compile again for each new chunk shape (every chunk of a longer prompt
+                # has one of the shapes met up to here), CUDA graphs get captured; no row pays for that.
+                runner(prompt[:length], decode_tokens)
             row = _measure(runner, prompt[:length], decode_tokens, device)
         except torch.cuda.OutOfMemoryError:
             results.append({"context": length, "status": "oom"})
