@@ -5,6 +5,7 @@ import torch
 import mambakit
 from mambakit import MambaConfig, MambaLM
 from mambakit.generation import GenerationError, Generator, SamplingError, SamplingParams
+from mambakit.generation.prefill import split_prompt
 from mambakit.tokenizer import byte_tokenizer, load_tokenizer
 
 
@@ -110,3 +111,15 @@ def test_gpt_neox_tokenizer_end_to_end(shared_data):
     for item in result:
         assert len(item.token_ids) == 8 and max(item.token_ids) < len(tokenizer)
         assert item.text == tokenizer.decode(item.token_ids)
+
+
+@pytest.mark.parametrize("length, chunk, pieces", [
+    (10240, 4096, [4096, 4096, 2048]),
+    (1440, 4096, [1024, 256, 160]),
+    (4096, 4096, [4096]),
+    (255, 4096, [255]),
+    (3000, 1000, [1000, 1000, 1000]),
+    (2700, 1000, [1000, 1000, 512, 188]),
+])
+def test_split_prompt_gives_chunks_then_powers_of_two_then_a_short_rest(length, chunk, pieces):
+    assert split_prompt(length, chunk) == pieces

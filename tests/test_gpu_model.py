@@ -5,6 +5,7 @@ import torch
 import mambakit
 from mambakit import MambaConfig, MambaLM
 from mambakit.generation import Generator, SamplingParams
+from mambakit.generation.prefill import PrefillGraphs, split_prompt
 from mambakit.tokenizer import byte_tokenizer
 from tiny_models import KINDS, VOCAB, hf_model, skip_unless_comparable
 
@@ -78,3 +79,32 @@ def test_bound_graph_steps_equal_eager_steps(cuda_model):
             expected = cuda_model.step(tokens, InferenceState(eager.conv[:, :3], eager.ssm[:, :3]))
             torch.testing.assert_close(graphed, expected, rtol=0, atol=1e-2)
     torch.testing.assert_close(slots.ssm[:, :3], eager.ssm[:, :3], rtol=1e-3, atol=1e-3)
+
+
+def test_graphed_prefill_equals_eager_pieces(cuda_model):
+    graphs = PrefillGraphs(cuda_model)
+    start = cuda_model.allocate_state(1)
+    start.ssm.normal_()  # continuing from a state, as a chat turn does
+    for length in (3000, 700, 3000):  # the second 3000 replays graphs captured by the first
+        ids = torch.randint(0, 257, (1, length), device="cuda")
+        graphed_state, eager_state = start.clone(), start.clone()
+        graphed = graphs.run(ids, graphed_state, chunk_size=1024)
+        with torch.inference_mode():
+            offset = 0
+            for piece in split_prompt(length, 1024):
+                eager = cuda_model(ids[:, offset:offset + piece], state=eager_state, logits_to_keep=1).logits[:, -1]
+                offset += piece
+        torch.testing.assert_close(graphed.float(), eager.float(), rtol=0, atol=1e-2)
+        torch.testing.assert_close(graphed_state.ssm, eager_state.ssm, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(graphed_state.conv, eager_state.conv, rtol=0, atol=0)
+    assert sorted(graphs.capture_seconds) == [256, 512, 1024] and graphs.pool_bytes > 0
+
+
+def test_generation_with_graphed_prefill_equals_eager(cuda_model):
+    # fp32, so that cutting the prompt differently (pieces vs one chunk) cannot flip a near-tie
+    model = MambaLM.from_config(cuda_model.config, device="cuda", dtype=torch.float32, seed=0).eval()
+    params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+    prompt = "Once upon a time, " * 80  # 1,440 byte tokens: graphed pieces of 1024 and 256, an eager 160
+    graphed = Generator(model, byte_tokenizer()).generate(prompt, params)
+    eager = Generator(model, byte_tokenizer(), cuda_graphs=False).generate(prompt, params)
+    assert graphed[0].token_ids == eager[0].token_ids

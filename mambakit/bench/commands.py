@@ -77,7 +77,8 @@ def run_benchmarks(args) -> dict:
             record(model_bench.bench_decode(model, batch, copy_gbps=copy_gbps))
     if "prefill" in suites:
         for length in _int_list(args.prefill_lengths):
-            record(model_bench.bench_prefill(model, length, chunk=args.prefill_chunk))
+            for graphs in (True, False):
+                record(model_bench.bench_prefill(model, length, chunk=args.prefill_chunk, graphs=graphs))
     if "train" in suites:
         for checkpointing in {"off": (False,), "on": (True,), "both": (False, True)}[args.train_checkpointing]:
             record(model_bench.bench_train(model, batch=args.train_batch, length=args.train_length,
@@ -114,6 +115,7 @@ def cmd_bench(args) -> int:
 
 def register(subparsers) -> None:
     from mambakit.bench.long_context import add_arguments as add_long_context_arguments
+    from mambakit.generation.generator import DEFAULT_PREFILL_CHUNK
 
     # conflict_handler="resolve": long_context.py's --shape (same meaning) replaces this one
     bench = subparsers.add_parser("bench", help="GPU benchmarks on random weights of a named shape",
@@ -123,7 +125,8 @@ def register(subparsers) -> None:
     bench.add_argument("--shape", default="mamba-1.4b", help="shape name (mamba-1.4b, mamba2-1.3b, …) or config.json")
     bench.add_argument("--decode-batches", default="1,64")
     bench.add_argument("--prefill-lengths", default="2048,10240,102400")
-    bench.add_argument("--prefill-chunk", type=int, default=4096, help="prefill this many tokens per forward")
+    bench.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                       help=f"prefill this many tokens per forward (default {DEFAULT_PREFILL_CHUNK}, as generation does)")
     bench.add_argument("--train-batch", type=int, default=4)
     bench.add_argument("--train-length", type=int, default=2048)
     bench.add_argument("--train-checkpointing", choices=("off", "on", "both"), default="both",

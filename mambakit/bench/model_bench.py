@@ -12,6 +12,7 @@ import torch
 
 from mambakit.config import MambaConfig
 from mambakit.generation.cuda_graph import CudaGraphStepper
+from mambakit.generation.prefill import PrefillGraphs
 from mambakit.generation.sampling import LogitProcessor, SamplingParams
 from mambakit.model import MambaLM
 
@@ -104,12 +105,18 @@ def bench_decode(model: MambaLM, batch: int, steps: int = 128, params: SamplingP
     return result
 
 
-def bench_prefill(model: MambaLM, length: int, chunk: int, repeats: int = 3) -> dict:
-    """ms and peak GB to run a ``length``-token prompt into the state, ``chunk`` tokens at a time."""
+def bench_prefill(model: MambaLM, length: int, chunk: int, graphs: bool = True, repeats: int = 3) -> dict:
+    """ms and peak GB to run a ``length``-token prompt into the state, as Generator.prefill does: with
+    ``graphs``, pieces replaying CUDA graphs (generation/prefill.py), else eager forwards of ``chunk`` tokens.
+    The peak counts the graphs' memory pool, which the allocator's peak statistic does not see in replays."""
     ids = torch.randint(0, 1000, (1, length), device=model.device)
+    prefill_graphs = PrefillGraphs(model) if graphs else None
 
     def run():
         state = model.allocate_state(1)
+        if prefill_graphs is not None:
+            prefill_graphs.run(ids, state, chunk)
+            return
         with torch.inference_mode():
             for start in range(0, length, chunk):
                 model(ids[:, start:start + chunk], state=state, logits_to_keep=1)
@@ -118,9 +125,12 @@ def bench_prefill(model: MambaLM, length: int, chunk: int, repeats: int = 3) -> 
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     ms = _cuda_ms(run, repeats=repeats)
-    peak = torch.cuda.max_memory_allocated() / 1e9
-    return {"metric": "prefill", "tokens": length, "chunk": chunk, "ms": ms, "peak_gb": peak,
-            "tokens_per_s": length * 1000 / ms}
+    peak = torch.cuda.max_memory_allocated() + (prefill_graphs.pool_bytes if prefill_graphs else 0)
+    result = {"metric": "prefill", "tokens": length, "chunk": chunk, "cuda_graphs": graphs, "ms": ms,
+              "peak_gb": peak / 1e9, "tokens_per_s": length * 1000 / ms}
+    if prefill_graphs is not None:
+        result["graph_capture_s"] = sum(prefill_graphs.capture_seconds.values())
+    return result
 
 
 def bench_train(model: MambaLM, batch: int = 4, length: int = 2048, steps: int = 5,

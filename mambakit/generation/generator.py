@@ -14,14 +14,16 @@ import torch
 
 from mambakit.errors import UserError
 from mambakit.generation.cuda_graph import CudaGraphStepper
+from mambakit.generation.prefill import PrefillGraphs
 from mambakit.generation.sampling import LogitProcessor, SamplingParams
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
 
-# Tokens per prefill forward. On the H200 (benchmarks/prefill_profile.py, mamba-1.4b shape) a 2,048-token
-# forward is bound by host-side launches (64.6 ms of wall time for ~21 ms of kernels), a 4,096-token one
-# (69 ms) mostly by its kernels; the peak memory of a 10,240-token prompt stays at 3.16 GB in 4,096 chunks.
-DEFAULT_PREFILL_CHUNK = 4096
+# Tokens per prefill forward (and the largest graphed piece, see prefill.py). H200, 10,240-token prompt,
+# graphed (benchmarks/results/2026-11-29-h200-prefill-chunks.json): mamba-1.4b 94.4 ms / 3.09 GB peak with
+# 2,048, 89.9 ms / 3.25 GB with 4,096; mamba2-1.3b 71.8 ms / 3.21 GB and 70.3 ms / 3.37 GB. The smaller chunk
+# keeps memory flat and low for a few % of speed.
+DEFAULT_PREFILL_CHUNK = 2048
 
 
 class GenerationError(UserError):
@@ -88,10 +90,12 @@ class Generator:
 
     def __init__(self, model: MambaLM, tokenizer, prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK,
                  cuda_graphs: bool = True):
-        """``cuda_graphs``: on a CUDA model, decode through captured graphs (see cuda_graph.py)."""
+        """``cuda_graphs``: on a CUDA model, decode through captured graphs (see cuda_graph.py) and prefill
+        single prompts through them too (see prefill.py)."""
         self.model, self.tokenizer = model, tokenizer
         self.prefill_chunk_size = prefill_chunk_size
         self.cuda_graphs = CudaGraphStepper(model) if cuda_graphs and CudaGraphStepper.supported(model) else None
+        self.prefill_graphs = PrefillGraphs(model) if cuda_graphs and PrefillGraphs.supported(model) else None
         self.vocab_limit = min(len(tokenizer), model.config.padded_vocab_size)
 
     # ---- token level -----------------------------------------------------------------------------
@@ -116,16 +120,20 @@ class Generator:
         for row, prompt in enumerate(prompts):
             ids[row, longest - len(prompt):] = torch.tensor(prompt)
             mask[row, longest - len(prompt):] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids = ids.to(device)
         if state is None:
             state = self.model.allocate_state(len(prompts))
         elif not bool(mask.all()) and bool(state.ssm.any()):
             raise GenerationError("prompts of different lengths cannot continue from a non-zero state; "
                                   "run them one at a time")
+        if self.prefill_graphs is not None and len(prompts) == 1:
+            return self.prefill_graphs.run(ids, state, self.prefill_chunk_size), state
         logits = None
         for start in range(0, longest, self.prefill_chunk_size):
             stop = start + self.prefill_chunk_size
-            out = self.model(ids[:, start:stop], attention_mask=mask[:, start:stop], state=state, logits_to_keep=1)
+            chunk_mask = mask[:, start:stop]  # checked here on the host: no device sync per chunk
+            chunk_mask = None if bool(chunk_mask.all()) else chunk_mask.to(device)
+            out = self.model(ids[:, start:stop], attention_mask=chunk_mask, state=state, logits_to_keep=1)
             logits = out.logits[:, -1]
         return logits, state
 

@@ -1,0 +1,122 @@
+"""Prefill through CUDA graphs: a single prompt's forwards replayed from graphs captured once per length.
+
+A prefill forward launches ~16 kernels per layer, and Python needs longer to launch them than the GPU
+needs to run them unless the forward is long: on the H200, a 2,048-token mamba-1.4b forward took 64.6 ms
+of wall time for ~21 ms of kernels (benchmarks/prefill_profile.py). Replaying a captured graph launches a
+whole forward at once.
+
+A graph has fixed shapes, so a prompt of ``length`` tokens is cut into pieces (``split_prompt``): full
+chunks of ``chunk_size`` tokens, then powers of two, largest first, down to ``MIN_GRAPH_PIECE``, then a
+last piece shorter than that. Every piece but the last short one replays the graph of its length, so a
+prompt needs at most log2(chunk_size / MIN_GRAPH_PIECE) + 2 different graphs; the short piece runs
+eagerly, its launches overlapping the GPU work of the graphs queued before it. The state carries
+everything between pieces, as between chunks.
+
+Only batch-1 prompts without padding take graphs (``PrefillGraphs`` owns a static one-row state; the
+caller's state is copied in and out around the pieces). The graphs share one memory pool, about the
+activations of one chunk-sized forward, kept while the ``PrefillGraphs`` lives; ``pool_bytes`` says how
+much it reserved.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mambakit.model import MambaLM
+from mambakit.state import InferenceState
+
+MIN_GRAPH_PIECE = 256
+
+
+def split_prompt(length: int, chunk_size: int, min_piece: int = MIN_GRAPH_PIECE) -> list[int]:
+    """Piece lengths, in order, summing to ``length``: full chunks, then descending powers of two of at
+    least ``min_piece`` tokens, then what is left (< ``min_piece``), if anything."""
+    pieces = [chunk_size] * (length // chunk_size)
+    rest = length % chunk_size
+    while rest >= min_piece:
+        piece = 1 << (rest.bit_length() - 1)
+        pieces.append(piece)
+        rest -= piece
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor  # (1, length) int64, the graph's input
+    logits: torch.Tensor  # (1, padded vocab), the last position's logits
+
+
+class PrefillGraphs:
+    """Batch-1 prefill forwards of ``model`` as CUDA graphs, one per piece length, captured on first use.
+
+    ``capture_seconds`` records each length's first-call cost (warm-up, kernel compilation, capture).
+    """
+
+    def __init__(self, model: MambaLM):
+        self.model = model
+        self._graphs: dict[int, _Captured] = {}
+        self._pool = None
+        self._state: InferenceState | None = None
+        self.capture_seconds: dict[int, float] = {}
+        self.pool_bytes = 0
+
+    @staticmethod
+    def supported(model: MambaLM) -> bool:
+        return model.device.type == "cuda"
+
+    @torch.inference_mode()
+    def run(self, ids: torch.Tensor, state: InferenceState, chunk_size: int) -> torch.Tensor:
+        """ids (1, length) on the model's device, cut by ``split_prompt(length, chunk_size)``; ``state``
+        (one row) advances in place. Returns the last position's logits (1, padded vocab)."""
+        if self._state is None:
+            self._state = self.model.allocate_state(1)
+        static = self._state
+        static.copy_rows_(slice(None), state)
+        start, logits = 0, None
+        for piece in split_prompt(ids.shape[1], chunk_size):
+            if piece >= MIN_GRAPH_PIECE:
+                captured = self._graph(piece)
+                captured.ids.copy_(ids[:, start:start + piece])
+                captured.graph.replay()
+                logits = captured.logits
+            else:
+                logits = self.model(ids[:, start:start + piece], state=static, logits_to_keep=1).logits[:, -1]
+            start += piece
+        state.conv.copy_(static.conv)
+        state.ssm.copy_(static.ssm)
+        return logits.clone()  # the graph's buffer is overwritten by its next replay
+
+    def _graph(self, length: int) -> _Captured:
+        if length not in self._graphs:
+            self._graphs[length] = self._capture(length)
+        return self._graphs[length]
+
+    def _capture(self, length: int) -> _Captured:
+        started = time.perf_counter()
+        state = self._state
+        saved = state.clone()  # the warm-up forwards below advance the state: put it back after
+        ids = torch.zeros(1, length, dtype=torch.long, device=self.model.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: Triton compiles outside the capture
+                self.model(ids, state=state, logits_to_keep=1)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # what the warm-up cached is not the pool's
+        reserved = torch.cuda.memory_reserved()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self.model(ids, state=state, logits_to_keep=1).logits[:, -1]
+        self._pool = graph.pool()
+        torch.cuda.synchronize()
+        self.pool_bytes += torch.cuda.memory_reserved() - reserved
+        state.conv.copy_(saved.conv)
+        state.ssm.copy_(saved.ssm)
+        self.capture_seconds[length] = time.perf_counter() - started
+        return _Captured(graph, ids, logits)
