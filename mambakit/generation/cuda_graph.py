@@ -24,6 +24,23 @@ from mambakit.state import InferenceState
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def capture_graph(fn, pool):
+    """Capture ``fn()`` into a new CUDA graph that shares memory pool ``pool`` (None: a new pool).
+
+    Returns (graph, what fn returned, pool bytes): the growth of the reserved memory during the capture.
+    A replay allocates nothing, so the allocator's peak statistics never see the memory a graph uses;
+    benchmarks add these bytes to them.
+    """
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # what earlier eager work cached is not the pool's
+    reserved = torch.cuda.memory_reserved()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        result = fn()
+    torch.cuda.synchronize()
+    return graph, result, torch.cuda.memory_reserved() - reserved
+
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
@@ -42,6 +59,7 @@ class CudaGraphStepper:
         self._graphs: dict[int, _Captured] = {}
         self._pool = None
         self.capture_seconds: dict[int, float] = {}
+        self.pool_bytes = 0  # memory the graphs hold (see capture_graph)
 
     @staticmethod
     def supported(model: MambaLM) -> bool:
@@ -69,10 +87,10 @@ class CudaGraphStepper:
             for _ in range(2):  # warm-up: Triton compiles/autotunes outside the capture
                 self.model.step(tokens, state)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
-            logits = self.model.step(tokens, state)
+        with torch.inference_mode():
+            graph, logits, pool_bytes = capture_graph(lambda: self.model.step(tokens, state), self._pool)
         self._pool = graph.pool()
+        self.pool_bytes += pool_bytes
         if saved is not None:
             state.conv.copy_(saved.conv)
             state.ssm.copy_(saved.ssm)

@@ -14,8 +14,7 @@ everything between pieces, as between chunks.
 
 Only batch-1 prompts without padding take graphs (``PrefillGraphs`` owns a static one-row state; the
 caller's state is copied in and out around the pieces). The graphs share one memory pool, about the
-activations of one chunk-sized forward, kept while the ``PrefillGraphs`` lives; ``pool_bytes`` says how
-much it reserved.
+activations of one chunk-sized forward, kept while the ``PrefillGraphs`` lives.
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mambakit.generation.cuda_graph import capture_graph
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
 
@@ -54,7 +54,8 @@ class _Captured:
 class PrefillGraphs:
     """Batch-1 prefill forwards of ``model`` as CUDA graphs, one per piece length, captured on first use.
 
-    ``capture_seconds`` records each length's first-call cost (warm-up, kernel compilation, capture).
+    ``capture_seconds`` records each length's first-call cost (warm-up, kernel compilation, capture);
+    ``pool_bytes`` the memory the graphs hold (see ``capture_graph``).
     """
 
     def __init__(self, model: MambaLM):
@@ -107,15 +108,10 @@ class PrefillGraphs:
             for _ in range(2):  # warm-up: Triton compiles outside the capture
                 self.model(ids, state=state, logits_to_keep=1)
         torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # what the warm-up cached is not the pool's
-        reserved = torch.cuda.memory_reserved()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            logits = self.model(ids, state=state, logits_to_keep=1).logits[:, -1]
+        graph, logits, pool_bytes = capture_graph(
+            lambda: self.model(ids, state=state, logits_to_keep=1).logits[:, -1], self._pool)
         self._pool = graph.pool()
-        torch.cuda.synchronize()
-        self.pool_bytes += torch.cuda.memory_reserved() - reserved
+        self.pool_bytes += pool_bytes
         state.conv.copy_(saved.conv)
         state.ssm.copy_(saved.ssm)
         self.capture_seconds[length] = time.perf_counter() - started
