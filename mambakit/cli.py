@@ -79,11 +79,28 @@ def cmd_generate(args) -> int:
     generator = Generator(model, tokenizer)
     if not args.no_echo:
         sys.stdout.write(prompt)
-    for piece in generator.stream(prompt, params):
+    results = []
+    for piece in generator.stream(prompt, params, results=results):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.stats:
+        print(_stats_line(results[0]), file=sys.stderr)
     return 0
+
+
+def _stats_line(result) -> str:
+    from mambakit.doctor import triton_cache_dir
+
+    stats = result.stats
+    speed = stats["decode_tokens_per_second"]
+    line = (f"[{result.prompt_tokens} prompt tokens, prefill + first token {stats['prefill_seconds'] * 1000:.0f} ms; "
+            f"{len(result.token_ids)} new tokens, {f'{speed:.1f} tok/s' if speed else 'no decode steps'}")
+    if stats["graph_setup_seconds"]:
+        line += (f"; first-call kernel warm-up and CUDA graph capture {stats['graph_setup_seconds']:.2f} s "
+                 f"(compiled kernels cached in {triton_cache_dir()})")
+    return line + "]"
 
 
 def cmd_convert(args) -> int:
@@ -117,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", help="the text to continue")
     gen.add_argument("--prompt-file", help="read the prompt from this file")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
+    gen.add_argument("--stats", action="store_true",
+                     help="print token counts, prefill time, tok/s and first-call setup time to stderr")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="rewrite a checkpoint in HF or state-spaces layout and check its logits")

@@ -21,6 +21,13 @@ def test_generate_prompt_file_and_no_echo(tmp_path, capsys):
     assert not capsys.readouterr().out.startswith("A story:")
 
 
+def test_generate_stats_go_to_stderr(capsys):
+    assert main(["generate", "--max-new-tokens", "6", "--temperature", "0", "--stats", "--no-echo", "Once"]) == 0
+    captured = capsys.readouterr()
+    assert "prompt tokens" not in captured.out
+    assert "6 new tokens" in captured.err and "tok/s" in captured.err and "prefill" in captured.err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--model", "/no/such/folder", "x"], "no checkpoint folder"),
     (["generate", "--top-p", "2", "x"], "top_p must be in (0, 1]"),

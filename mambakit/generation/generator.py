@@ -98,6 +98,12 @@ class Generator:
         self.prefill_graphs = PrefillGraphs(model) if cuda_graphs and PrefillGraphs.supported(model) else None
         self.vocab_limit = min(len(tokenizer), model.config.padded_vocab_size)
 
+    def graph_setup_seconds(self) -> float:
+        """Seconds spent so far on first calls: warm-up (Triton compiles, or loads from its disk cache, the
+        kernels) and CUDA graph capture, for decoding and prefill."""
+        return sum(sum(graphs.capture_seconds.values())
+                   for graphs in (self.cuda_graphs, self.prefill_graphs) if graphs is not None)
+
     # ---- token level -----------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str) or not prompt:
@@ -178,6 +184,7 @@ class Generator:
         eos_id = None if params.ignore_eos else self.tokenizer.eos_token_id
         rows = [RowText(self.tokenizer, list(params.stop), eos_id) for _ in encoded]
         started = time.perf_counter()
+        setup_before = self.graph_setup_seconds()
         first_token_at = None
         steps = 0
         for tokens in self.decode(encoded, params, state):
@@ -201,13 +208,15 @@ class Generator:
             decode_seconds = finished - (first_token_at or finished)
             stats = {"prefill_seconds": (first_token_at or finished) - started, "decode_seconds": decode_seconds,
                      "decode_tokens_per_second": (steps - 1) * len(encoded) / decode_seconds if steps > 1 and
-                     decode_seconds > 0 else None}
+                     decode_seconds > 0 else None, "graph_setup_seconds": self.graph_setup_seconds() - setup_before}
             results.extend(GenerationResult(r.text, r.ids, r.finish_reason, len(e), stats)
                            for r, e in zip(rows, encoded))
 
-    def stream(self, prompt: str, params: SamplingParams, state: InferenceState | None = None) -> Iterator[str]:
-        """Yields text pieces of one prompt's continuation as they become final."""
-        for _, piece in self.stream_rows([prompt], params, state):
+    def stream(self, prompt: str, params: SamplingParams, state: InferenceState | None = None,
+               results: list[GenerationResult] | None = None) -> Iterator[str]:
+        """Yields text pieces of one prompt's continuation as they become final; ``results``, if given,
+        receives the GenerationResult (with its stats) at the end."""
+        for _, piece in self._stream_ids([self.encode(prompt)], params, state, results):
             yield piece
 
     def generate(self, prompts: str | list[str], params: SamplingParams,
