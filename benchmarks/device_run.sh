@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One device session: GPU tests, then benchmarks; everything lands in $OUT (device tool) or ./device-out.
-# Usage: bash benchmarks/device_run.sh [tests] [probe] [bench14] [bench2]   (default: all)
+# Usage: bash benchmarks/device_run.sh [tests] [probe] [profile] [bench14] [bench2] ...   (default: the first five)
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
-steps=${*:-tests probe bench14 bench2}
+steps=${*:-tests probe profile bench14 bench2}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$OUT/gpu.txt"
 for step in $steps; do
   case $step in
     tests) timeout 240 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_*.py tests/test_gpu_model.py > "$OUT/gpu_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/gpu_tests.log" | tail -30 ;;
     probe) timeout 60 python benchmarks/gemv_probe.py "$OUT/gemv_probe.json" ;;
+    profile) timeout 150 python benchmarks/prefill_profile.py --train --out "$OUT/prefill_profile.jsonl" 2>&1 | grep -E '"(shape|what|tokens|wall_ms|kernel_ms|launches)"' ;;
     bench14) timeout 220 python -m mambakit.bench --shape mamba-1.4b --baseline hf --out "$OUT/h200-mamba-1.4b.json" 2>&1 | tail -30 ;;
     parity) timeout 120 python benchmarks/op_parity.py cuda 2>&1 | grep -v "falling back" ;;
     kerneltests) timeout 150 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_rms_norm.py tests/test_ops_ssd.py > "$OUT/kernel_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/kernel_tests.log" | tail -20 ;;
