@@ -8,7 +8,7 @@ from mambakit.chat import BUILTIN, ChatSession, PrefixCache
 from mambakit.chat.session import ChatSessionError
 from mambakit.chat.summarize import feed_document, summarize
 from mambakit.generation import Generator, SamplingParams
-from mambakit.generation.generator import RowText
+from mambakit.generation.row_text import RowText
 from mambakit.tokenizer import byte_tokenizer
 from tiny_models import hf_model, save_hf
 

@@ -3,7 +3,7 @@ import pytest
 
 from mambakit.chat.templates import BUILTIN, ChatTemplateError, get_template
 from mambakit.chat.urial_prompt import URIAL_PREAMBLE
-from mambakit.generation.generator import RowText
+from mambakit.generation.row_text import RowText
 from mambakit.tokenizer import byte_tokenizer
 
 TOKENIZER = byte_tokenizer()

@@ -29,7 +29,7 @@ from mambakit.chat.prefix_cache import PrefixCache, model_fingerprint
 from mambakit.chat.templates import ChatTemplate
 from mambakit.errors import UserError
 from mambakit.generation import Generator, SamplingParams
-from mambakit.generation.generator import RowText
+from mambakit.generation.row_text import RowText
 from mambakit.state import InferenceState
 
 SAVE_FORMAT = "mambakit-chat-1"

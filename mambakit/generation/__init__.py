@@ -1,4 +1,5 @@
-"""Generation: sampling options and logit processing (sampling.py), prefill/decode/streaming (generator.py)."""
+"""Generation: sampling options and logit processing (sampling.py), prefill/decode/streaming (generator.py),
+CUDA graphs (cuda_graph.py, prefill.py), a row's text and stop strings (row_text.py)."""
 from mambakit.generation.generator import GenerationError, GenerationResult, Generator
 from mambakit.generation.sampling import LogitProcessor, SamplingError, SamplingParams
 

@@ -15,6 +15,7 @@ import torch
 from mambakit.errors import UserError
 from mambakit.generation.cuda_graph import CudaGraphStepper
 from mambakit.generation.prefill import PrefillGraphs
+from mambakit.generation.row_text import RowText
 from mambakit.generation.sampling import LogitProcessor, SamplingParams
 from mambakit.model import MambaLM
 from mambakit.state import InferenceState
@@ -37,52 +38,6 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     prompt_tokens: int
     stats: dict = field(default_factory=dict)
-
-
-class RowText:
-    """One row's output: token ids, decoded text, stop-string and EOS handling, streaming hold-back.
-
-    Public so that chat and the server's scheduler stop rows exactly as ``Generator`` does.
-    """
-
-    def __init__(self, tokenizer, stop: list[str], eos_id: int | None):
-        self.tokenizer, self.stop, self.eos_id = tokenizer, stop, eos_id
-        self.ids: list[int] = []
-        self.text = ""
-        self.emitted = 0
-        self.finish_reason: str | None = None
-
-    def add(self, token: int) -> str:
-        """Take one token; returns the newly final text (may be empty)."""
-        if token == self.eos_id:
-            self.finish_reason = "stop"
-            return self.flush()
-        self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        for stop in self.stop:
-            index = self.text.find(stop, max(0, self.emitted - len(stop)))
-            if index >= 0:
-                self.text = self.text[:index]
-                self.finish_reason = "stop"
-                return self.flush()
-        safe = len(self.text) - self._held_back()
-        piece = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return piece
-
-    def _held_back(self) -> int:
-        """Characters at the end that may still change: an incomplete UTF-8 character or a stop-string prefix
-        (the longer of the two, since a stop string may itself hold a replacement character)."""
-        incomplete = 1 if self.text.endswith("\ufffd") else 0
-        for size in range(min(max((len(s) for s in self.stop), default=0), len(self.text)), 0, -1):
-            if any(s.startswith(self.text[-size:]) for s in self.stop):
-                return max(size, incomplete)
-        return incomplete
-
-    def flush(self) -> str:
-        piece = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return piece
 
 
 class Generator:

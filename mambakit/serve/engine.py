@@ -25,7 +25,7 @@ import torch
 from mambakit.errors import UserError
 from mambakit.generation import Generator, LogitProcessor, SamplingParams
 from mambakit.generation.cuda_graph import CudaGraphStepper
-from mambakit.generation.generator import RowText
+from mambakit.generation.row_text import RowText
 from mambakit.state import InferenceState
 
 GREEDY = SamplingParams(temperature=0)
