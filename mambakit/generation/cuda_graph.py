@@ -24,19 +24,30 @@ from mambakit.state import InferenceState
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def capture_graph(fn, pool):
-    """Capture ``fn()`` into a new CUDA graph that shares memory pool ``pool`` (None: a new pool).
+def capture_graph(fn, pool, state: InferenceState):
+    """Capture ``fn()``, which advances ``state``, into a new CUDA graph sharing memory pool ``pool`` (None:
+    a new pool). Two warm-up calls run first on a side stream (Triton compiles outside the capture);
+    ``state`` is put back as it was before them.
 
-    Returns (graph, what fn returned, pool bytes): the growth of the reserved memory during the capture.
-    A replay allocates nothing, so the allocator's peak statistics never see the memory a graph uses;
-    benchmarks add these bytes to them.
+    Returns (graph, what fn returned in the capture, pool bytes): the growth of the reserved memory during
+    the capture. A replay allocates nothing, so the allocator's peak statistics never see the memory a
+    graph uses; benchmarks add these bytes to them.
     """
+    saved = state.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # what earlier eager work cached is not the pool's
+    torch.cuda.empty_cache()  # what the warm-ups and earlier eager work cached is not the pool's
     reserved = torch.cuda.memory_reserved()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         result = fn()
+    state.conv.copy_(saved.conv)
+    state.ssm.copy_(saved.ssm)
     torch.cuda.synchronize()
     return graph, result, torch.cuda.memory_reserved() - reserved
 
@@ -77,24 +88,12 @@ class CudaGraphStepper:
         tokens = torch.zeros(bucket, dtype=torch.long, device=self.model.device)
         if self.bound_state is None:
             state = InferenceState.allocate(self.model, bucket)
-            saved = None
-        else:
+        else:  # the live rows: capture_graph puts them back after its warm-up steps
             state = InferenceState(self.bound_state.conv[:, :bucket], self.bound_state.ssm[:, :bucket])
-            saved = state.clone()  # the warm-up steps below advance the live rows: put them back after
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # warm-up: Triton compiles/autotunes outside the capture
-                self.model.step(tokens, state)
-        torch.cuda.current_stream().wait_stream(side)
         with torch.inference_mode():
-            graph, logits, pool_bytes = capture_graph(lambda: self.model.step(tokens, state), self._pool)
+            graph, logits, pool_bytes = capture_graph(lambda: self.model.step(tokens, state), self._pool, state)
         self._pool = graph.pool()
         self.pool_bytes += pool_bytes
-        if saved is not None:
-            state.conv.copy_(saved.conv)
-            state.ssm.copy_(saved.ssm)
-        torch.cuda.synchronize()
         self.capture_seconds[bucket] = time.perf_counter() - started
         return _Captured(graph, tokens, state, logits)
 

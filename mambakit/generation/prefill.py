@@ -100,19 +100,10 @@ class PrefillGraphs:
     def _capture(self, length: int) -> _Captured:
         started = time.perf_counter()
         state = self._state
-        saved = state.clone()  # the warm-up forwards below advance the state: put it back after
         ids = torch.zeros(1, length, dtype=torch.long, device=self.model.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: Triton compiles outside the capture
-                self.model(ids, state=state, logits_to_keep=1)
-        torch.cuda.current_stream().wait_stream(side)
         graph, logits, pool_bytes = capture_graph(
-            lambda: self.model(ids, state=state, logits_to_keep=1).logits[:, -1], self._pool)
+            lambda: self.model(ids, state=state, logits_to_keep=1).logits[:, -1], self._pool, state)
         self._pool = graph.pool()
         self.pool_bytes += pool_bytes
-        state.conv.copy_(saved.conv)
-        state.ssm.copy_(saved.ssm)
         self.capture_seconds[length] = time.perf_counter() - started
         return _Captured(graph, ids, logits)
