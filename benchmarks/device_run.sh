@@ -10,7 +10,7 @@ for step in $steps; do
   case $step in
     tests) timeout 240 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_*.py tests/test_gpu_model.py > "$OUT/gpu_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/gpu_tests.log" | tail -30 ;;
     probe) timeout 60 python benchmarks/gemv_probe.py "$OUT/gemv_probe.json" ;;
-    profile) timeout 150 python benchmarks/prefill_profile.py --train --out "$OUT/prefill_profile.jsonl" 2>&1 | grep -E '"(shape|what|tokens|wall_ms|kernel_ms|launches)"' ;;
+    profile) timeout 150 python benchmarks/step_profile.py --train --out "$OUT/prefill_profile.jsonl" 2>&1 | grep -E '"(shape|what|tokens|wall_ms|kernel_ms|launches)"' ;;
     bench14) timeout 220 python -m mambakit.bench --shape mamba-1.4b --baseline hf --out "$OUT/h200-mamba-1.4b.json" 2>&1 | tail -30 ;;
     parity) timeout 120 python benchmarks/op_parity.py cuda 2>&1 | grep -v "falling back" ;;
     kerneltests) timeout 150 python -m pytest -m gpu -q -p no:cacheprovider -rf tests/test_ops_rms_norm.py tests/test_ops_ssd.py > "$OUT/kernel_tests.log" 2>&1; grep -E "passed|failed|FAILED|Error" "$OUT/kernel_tests.log" | tail -20 ;;

@@ -2,7 +2,7 @@
 
 A prefill forward launches ~16 kernels per layer, and Python needs longer to launch them than the GPU
 needs to run them unless the forward is long: on the H200, a 2,048-token mamba-1.4b forward took 64.6 ms
-of wall time for ~21 ms of kernels (benchmarks/prefill_profile.py). Replaying a captured graph launches a
+of wall time for ~21 ms of kernels (benchmarks/step_profile.py). Replaying a captured graph launches a
 whole forward at once.
 
 A graph has fixed shapes, so a prompt of ``length`` tokens is cut into pieces (``split_prompt``): full

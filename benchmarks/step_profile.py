@@ -1,10 +1,12 @@
-"""Where the time of one prefill forward (or one training step) goes, on a GPU: wall time against the sum of
-GPU kernel time, the number of kernel launches, and the kernels that take the most time.
+"""Where the time of one prefill forward, one eager decode step or one training step goes, on a GPU: wall time
+against the sum of GPU kernel time, the number of kernel launches, and the kernels that take the most time.
 
-If the wall time is well above the kernel time, the forward is bound by host-side launch cost rather than
-by the kernels. One JSON line per (shape, what, length) goes to --out.
+If the wall time is well above the kernel time, the call is bound by host-side launch cost rather than by
+the kernels (a decode step runs eagerly here: its kernel list is what a captured graph replays). One JSON
+line per (shape, what, tokens) goes to --out.
 
-    python benchmarks/prefill_profile.py --shapes mamba-1.4b,mamba2-1.3b --lengths 2048,4096 [--train]
+    python benchmarks/step_profile.py --shapes mamba-1.4b,mamba2-1.3b --lengths 2048,4096 \
+        [--decode-batches 1,64] [--train]
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shapes", default="mamba-1.4b,mamba2-1.3b")
     parser.add_argument("--lengths", default="2048,4096")
+    parser.add_argument("--decode-batches", default="", help="also profile one decode step at these batches")
     parser.add_argument("--train", action="store_true", help="also profile a B4 x L2048 training step")
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--host", action="store_true", help="print a cProfile of the host side instead")
@@ -74,7 +77,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         model = MambaLM.from_config(SHAPES[shape], device="cuda", dtype=torch.bfloat16, seed=0).eval()
         runs = []
-        for length in (int(x) for x in args.lengths.split(",")):
+        for length in (int(x) for x in args.lengths.split(",") if x):
             ids = torch.randint(0, 1000, (1, length), device="cuda")
 
             def prefill(ids=ids):
@@ -82,6 +85,15 @@ def main() -> None:
                     model(ids, state=model.allocate_state(1), logits_to_keep=1)
 
             runs.append(("prefill", length, prefill))
+        for batch in (int(x) for x in args.decode_batches.split(",") if x):
+            state = model.allocate_state(batch)
+            token = torch.randint(0, 1000, (batch,), device="cuda")
+
+            def decode(state=state, token=token):
+                with torch.inference_mode():
+                    model.step(token, state)
+
+            runs.append(("decode", batch, decode))
         if args.train:
             ids = torch.randint(0, 1000, (4, 2048), device="cuda")
 
