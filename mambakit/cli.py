@@ -32,6 +32,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
                                             "else EleutherAI/gpt-neox-20b)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--state-dtype", default="float32",
+                        help="SSM state dtype during generation: float32 (default) or bfloat16 (half the state "
+                             "traffic per decode step, as mamba_ssm; rounding accumulates over long outputs)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +61,8 @@ def sampling_params(args):
 def load_from_args(args):
     from mambakit.loading import load
 
-    return load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
+    return load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                state_dtype=args.state_dtype)
 
 
 # ---- commands ------------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class MambaLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
         self.gradient_checkpointing = False
+        # dtype of the SSM states that ``allocate_state`` makes: fp32 by default; bf16 halves the state traffic
+        # of a decode step (mamba_ssm's choice), with rounding that accumulates over long generations
+        self.ssm_state_dtype = torch.float32
 
     @classmethod
     def from_config(cls, config: MambaConfig, device=None, dtype=None, seed: int | None = None) -> "MambaLM":

@@ -4,7 +4,9 @@ A Mamba model's entire memory of the past is this fixed-size state (it does not 
 context). Stacking the layers makes a batch row a "slot" that can be copied, reset, saved and loaded.
 
 Shapes: L layers, b batch rows; Mamba-1: conv (L, b, d, k-1), ssm (L, b, d, n);
-Mamba-2: conv (L, b, d + 2·g·n, k-1), ssm (L, b, h, p, n). SSM states are always fp32.
+Mamba-2: conv (L, b, d + 2·g·n, k-1), ssm (L, b, h, p, n). The conv state is in the model's dtype; the SSM
+state in ``model.ssm_state_dtype`` (fp32 unless asked otherwise). Every op computes the recurrence in fp32
+and rounds only when it stores the state.
 """
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ class InferenceState:
 
     @classmethod
     def allocate(cls, model, batch_size: int, device=None, dtype=None) -> "InferenceState":
-        """Zero state for ``batch_size`` rows of ``model`` (a MambaLM), on its device and in its dtype."""
+        """Zero state for ``batch_size`` rows of ``model`` (a MambaLM), on its device; conv in its dtype (or
+        ``dtype``), SSM in its ``ssm_state_dtype``."""
         first = model.backbone.layers[0].mixer
         conv_shape, ssm_shape = first.state_shapes()
         n_layer = len(model.backbone.layers)
         ref = model.backbone.embedding.weight
         device = device or ref.device
         conv = torch.zeros(n_layer, batch_size, *conv_shape, device=device, dtype=dtype or ref.dtype)
-        ssm = torch.zeros(n_layer, batch_size, *ssm_shape, device=device, dtype=torch.float32)
+        ssm = torch.zeros(n_layer, batch_size, *ssm_shape, device=device,
+                          dtype=getattr(model, "ssm_state_dtype", torch.float32))
         return cls(conv, ssm)
 
     @property

@@ -14,6 +14,11 @@ def test_generate_on_the_default_model(capsys):
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time")
 
 
+def test_generate_with_a_bf16_state(capsys):
+    assert main(["generate", "--max-new-tokens", "8", "--temperature", "0", "--state-dtype", "bfloat16", "Once"]) == 0
+    assert capsys.readouterr().out.startswith("Once")
+
+
 def test_generate_prompt_file_and_no_echo(tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("A story:")
@@ -36,6 +41,7 @@ def test_generate_stats_go_to_stderr(capsys):
     (["generate"], "give a prompt"),
     (["generate", "--prompt-file", "/no/file", "x"], "--prompt-file /no/file does not exist"),
     (["generate", "--dtype", "int3", "x"], "dtype 'int3' is not supported"),
+    (["generate", "--state-dtype", "int8", "x"], "state dtype 'int8' is not supported"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2

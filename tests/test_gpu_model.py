@@ -33,11 +33,16 @@ def cuda_model(request):
     return MambaLM.from_config(config, device="cuda", dtype=torch.bfloat16, seed=0).eval()
 
 
-def test_cuda_graph_decode_equals_eager(cuda_model):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prompts", [["Once upon a time"], ["Once upon a time", "Hi", "The quick brown fox"]])
+def test_cuda_graph_decode_equals_eager(cuda_model, state_dtype, prompts):
     params = SamplingParams(max_new_tokens=48, temperature=0, ignore_eos=True)
-    prompts = ["Once upon a time", "Hi", "The quick brown fox"]
-    graphed = Generator(cuda_model, byte_tokenizer()).generate(prompts, params)
-    eager = Generator(cuda_model, byte_tokenizer(), cuda_graphs=False).generate(prompts, params)
+    cuda_model.ssm_state_dtype = state_dtype
+    try:
+        graphed = Generator(cuda_model, byte_tokenizer()).generate(prompts, params)
+        eager = Generator(cuda_model, byte_tokenizer(), cuda_graphs=False).generate(prompts, params)
+    finally:
+        cuda_model.ssm_state_dtype = torch.float32
     assert [r.token_ids for r in graphed] == [r.token_ids for r in eager]
 
 

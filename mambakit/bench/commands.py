@@ -53,6 +53,7 @@ def _environment() -> dict:
 
 def run_benchmarks(args) -> dict:
     from mambakit.bench import model_bench
+    from mambakit.loading import resolve_state_dtype
     from mambakit.model import MambaLM
 
     config = resolve_shape(args.shape)
@@ -60,6 +61,7 @@ def run_benchmarks(args) -> dict:
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         raise UserError(f"unknown benchmark suite {unknown[0]!r}; use any of {', '.join(SUITES)}")
+    state_dtypes = [resolve_state_dtype(name.strip()) for name in args.decode_state_dtypes.split(",")]
     if not torch.cuda.is_available():
         raise UserError("mambakit bench measures GPU speed and needs a CUDA device")
     report = {**_environment(), "shape": args.shape, "params": None, "results": []}
@@ -73,8 +75,11 @@ def run_benchmarks(args) -> dict:
         print(json.dumps(row))
 
     if "decode" in suites:
-        for batch in _int_list(args.decode_batches):
-            record(model_bench.bench_decode(model, batch, copy_gbps=copy_gbps))
+        for state_dtype in state_dtypes:
+            model.ssm_state_dtype = state_dtype
+            for batch in _int_list(args.decode_batches):
+                record(model_bench.bench_decode(model, batch, copy_gbps=copy_gbps))
+        model.ssm_state_dtype = torch.float32
     if "prefill" in suites:
         for length in _int_list(args.prefill_lengths):
             for graphs in (True, False):
@@ -124,6 +129,8 @@ def register(subparsers) -> None:
                        help=f"any of {', '.join(SUITES)} (default: all), or '{LONG}' alone")
     bench.add_argument("--shape", default="mamba-1.4b", help="shape name (mamba-1.4b, mamba2-1.3b, …) or config.json")
     bench.add_argument("--decode-batches", default="1,64")
+    bench.add_argument("--decode-state-dtypes", default="float32,bfloat16",
+                       help="SSM state dtypes to decode with, each at every batch (default: float32,bfloat16)")
     bench.add_argument("--prefill-lengths", default="2048,10240,102400")
     bench.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
                        help=f"prefill this many tokens per forward (default {DEFAULT_PREFILL_CHUNK}, as generation does)")

@@ -95,9 +95,10 @@ def bench_decode(model: MambaLM, batch: int, steps: int = 128, params: SamplingP
 
         ms = _cuda_ms(run, repeats=3) / steps
         session.close()
-    state_bytes = state.conv.numel() * state.conv.element_size() + state.ssm.numel() * 4
+    state_bytes = state.conv.numel() * state.conv.element_size() + state.ssm.numel() * state.ssm.element_size()
     moved = weight_bytes(model) + 2 * state_bytes
-    result = {"metric": "decode", "batch": batch, "ms_per_step": ms, "tokens_per_s": batch * 1000 / ms,
+    result = {"metric": "decode", "batch": batch, "ssm_state_dtype": str(state.ssm.dtype).removeprefix("torch."),
+              "ms_per_step": ms, "tokens_per_s": batch * 1000 / ms,
               "gbps": moved / ms / 1e6, "graph_capture_s": first_call_s,
               "sampling": "greedy" if params.greedy else "sampled"}
     if copy_gbps:
