@@ -4,10 +4,10 @@ For the mamba-1.4b and mamba2-1.3b shapes (random bf16 weights), one decode step
 is timed at batch 1 and 8 along three paths: ``per_op`` (``model.step(fused=False)``), ``fused`` and
 ``fused_no_pdl`` (programmatic dependent launch off). Then each fused kernel alone: 48 launches over 48
 layers' distinct weights (as in a real step, no L2 reuse between layers) in one graph, per launch. With
-``--sweep`` the GEMV, conv and SSM tile constants are varied too. One JSON line per measurement; GB/s
+``--sweep`` the GEMV, conv + x_proj and SSM tile constants are varied too. One JSON line per measurement; GB/s
 counts the weights and states each step or kernel reads and writes.
 
-    python benchmarks/decode_probe.py [--sweep] [--out results.jsonl]
+    python benchmarks/decode_probe.py [--sweep gemv,conv,ssm] [--out results.jsonl]
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ REPLAYS = 50
 SWEEPS = {  # module, constant, values
     "gemv": [(decode_fused, "GEMV_TILE_ELEMENTS", (4096, 8192, 16384)), (decode_fused, "GEMV_NUM_WARPS", (4, 8)),
              (decode_fused, "PROGRAMS_PER_SM", (2, 4, 8)), (decode_fused, "GEMV_MAX_BLOCK_K", (256, 512, 1024))],
-    "conv": [(decode_fused, "CONV_MAX_BLOCK_K", (512, 1024, 2048)), (decode_fused, "CONV_MIN_BLOCK_N", (1, 2, 4, 8))],
+    "conv": [(decode_fused, "XPROJ_BLOCK_C", (64, 128, 256)), (decode_fused, "XPROJ_BLOCK_N", (32, 64, 128)),
+             (decode_fused, "XPROJ_NUM_WARPS", (2, 4, 8))],
     "ssm": [(decode_fused_ssm, "SSM_PROGRAMS_PER_SM", (1, 2, 4, 8)),
             (decode_fused_ssm, "SSM_TILE_ELEMENTS", (1024, 2048, 4096))],
 }
@@ -85,7 +86,7 @@ def bench_steps(name: str, model: MambaLM, copy_gbps: float, out) -> None:
     for batch in BATCHES:
         tokens = torch.randint(0, 1000, (batch,), device="cuda")
         state = model.allocate_state(batch)
-        moved = weight_bytes(model) + 2 * (state.conv.numel() * state.conv.element_size() + state.ssm.numel() * 4)
+        moved = weight_bytes(model) + 2 * (state.conv.numel() * state.conv.element_size() + state.ssm.numel() * state.ssm.element_size())
         for path, fused, use_pdl in (("per_op", False, True), ("fused", True, True), ("fused_no_pdl", True, False)):
             with pdl(use_pdl):
                 us = graph_us(lambda: model.step(tokens, state, fused=fused))
@@ -153,10 +154,11 @@ def bench_kernels(name: str, model: MambaLM, out, only: str | None = None, confi
                       "us_per_launch": round(us, 2), "gbps": round(moved / us / 1e3), **(config or {})}, out)
 
 
-def sweep(name: str, model: MambaLM, out) -> None:
+def sweep(name: str, model: MambaLM, families: list[str], out) -> None:
     """One constant at a time around the defaults, for the kernels it affects."""
     affected = {"gemv": "norm_linear", "conv": "conv_xproj", "ssm": "ssm_step"}
-    for family, settings in SWEEPS.items():
+    for family in families:
+        settings = SWEEPS[family]
         for module, constant, values in settings:
             default = getattr(module, constant)
             for value in values:
@@ -172,9 +174,13 @@ def sweep(name: str, model: MambaLM, out) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["mamba-1.4b", "mamba2-1.3b"])
-    parser.add_argument("--sweep", action="store_true", help="also vary the tile constants (kernels only)")
+    parser.add_argument("--sweep", default="", help="also vary the tile constants of these families "
+                                                    f"(comma-separated: {', '.join(SWEEPS)}; kernels only)")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
+    unknown = set(filter(None, args.sweep.split(","))) - set(SWEEPS)
+    if unknown:
+        parser.error(f"unknown sweep families {sorted(unknown)}; use {', '.join(SWEEPS)}")
     torch.set_grad_enabled(False)
     out = open(args.out, "a") if args.out else None
     copy_gbps = copy_bandwidth_gbps()
@@ -184,7 +190,7 @@ def main():
         bench_steps(name, model, copy_gbps, out)
         bench_kernels(name, model, out)
         if args.sweep:
-            sweep(name, model, out)
+            sweep(name, model, args.sweep.split(","), out)
         del model
         torch.cuda.empty_cache()
 

@@ -27,7 +27,8 @@ def small_tiles(monkeypatch):
         return
     monkeypatch.setattr(decode_fused, "GEMV_TILE_ELEMENTS", 64)
     monkeypatch.setattr(decode_fused, "GEMV_MAX_BLOCK_K", 16)
-    monkeypatch.setattr(decode_fused, "CONV_MAX_BLOCK_K", 16)
+    monkeypatch.setattr(decode_fused, "XPROJ_BLOCK_C", 8)
+    monkeypatch.setattr(decode_fused, "XPROJ_BLOCK_N", 4)
     monkeypatch.setattr(decode_fused, "MAX_BATCH_BLOCK", 2)
     monkeypatch.setattr(decode_fused_ssm, "MAX_BLOCK_CHANNELS", 4)
     monkeypatch.setattr(decode_fused_ssm, "SHARED_ROLL_BLOCK", 16)
@@ -141,12 +142,15 @@ def test_gated_norm_linear(dtype, batch, groups, bias):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("state_len, conv_bias", [(3, True), (4, False)])  # 4: mamba_ssm's (b, d, k) layout
-def test_mamba1_conv_xproj(dtype, batch, state_len, conv_bias):
+@pytest.mark.parametrize("max_splits", [64, 2])  # 2: the channel block grows to keep 2 splits
+def test_mamba1_conv_xproj(dtype, batch, state_len, conv_bias, max_splits, monkeypatch):
+    monkeypatch.setattr(decode_fused, "XPROJ_MAX_SPLITS", max_splits)
     inputs = mamba1_inputs(batch, 37, 5, 3, dtype, state_len, conv_bias)
     names = ("x", "conv_state", "conv_weight", "conv_bias", "x_proj_weight")
     conv_state = inputs["conv_state"].clone()
     _compare("mamba1_conv_xproj", {k: inputs[k] for k in names}, dtype)
     assert torch.equal(inputs["conv_state"], conv_state)  # left for mamba1_ssm_step to roll
+    assert decode_fused.arrival_counter(torch.device(DEVICE)).item() == 0  # ready for the next call
 
 
 @pytest.mark.usefixtures("small_tiles")
@@ -167,7 +171,7 @@ def test_mamba1_ssm_step(dtype, batch, bcdt_eps, state_len):
 def test_mamba2_conv_ssm_step(dtype, batch, dt_limit, state_len):
     inputs = mamba2_inputs(batch, 4, 6, 8, 2, dtype, state_len)
     _compare("mamba2_conv_ssm_step", inputs, dtype, in_place=("conv_state", "ssm_state"), dt_limit=dt_limit)
-    assert decode_fused_ssm._arrival_counter(torch.device(DEVICE)).item() == 0  # ready for the next call
+    assert decode_fused.arrival_counter(torch.device(DEVICE)).item() == 0  # ready for the next call
 
 
 TINY_MODELS = {

@@ -9,13 +9,13 @@ few kernels as its data dependencies allow (``decode_fused_ssm.py`` holds the re
 - ``gated_norm_linear``: Mamba-2's out_proj(rmsnorm_per_group(y * silu(z)) * norm_weight);
 - ``mamba1_conv_xproj``: Mamba-1's x_proj(silu(conv(x with conv_state))), conv_state left as it is.
 
-Design (one kernel, ``_input_gemv_kernel``, three input modes):
+Design of the norm GEMVs (one kernel, ``_input_gemv_kernel``, two input modes):
 - A program owns ``BLOCK_N`` output rows and streams their weights in [BLOCK_N, BLOCK_K] tiles with wide
   coalesced loads, one tile ahead (the tile for step t+1 is requested before step t is reduced). Each
   weight tile serves every batch row of the program's batch block (a static loop over up to
   ``MAX_BATCH_BLOCK`` rows), so the weights are read once for all of them.
 - Every program builds the input vector it needs itself (a row is only d_model..d_inner values): the
-  residual sum, the gate, or the conv window (recomputed for the channels of each K block). RMSNorm needs
+  residual sum or the gate. RMSNorm needs
   the row's statistics before any product, but linear(x * rstd) = rstd * linear(x): the kernel
   accumulates the dot products and the sum of squares in the same pass and scales once per group at the
   group's end (K blocks never straddle groups), so normalisation costs no extra pass over the input.
@@ -24,6 +24,13 @@ Design (one kernel, ``_input_gemv_kernel``, three input modes):
   during decoding), then waits for the previous kernel's writes (``gdc_wait``) before reading any
   activation, and only then lets the next kernel launch. Everything else is shape-driven: no host sync and
   no data-dependent allocation, so the kernels capture into CUDA graphs.
+
+x_proj has few outputs (r + 2n = 160 at mamba-1.4b) over many inputs (d = 4096): programs that own output
+rows would be a few dozen, each walking every channel (8.2 µs for 1.3 MB on the H200). So
+``_conv_xproj_kernel`` splits the channels instead: a program owns XPROJ_BLOCK_C channels and XPROJ_BLOCK_N
+outputs, computes its channels' conv once and stores fp32 partial dot products in a workspace; the last
+program to finish (a per-device arrival counter, acquire-release) sums every batch row's partials into x_dbl
+and resets the counter. Calls on one device must therefore not run concurrently on several streams.
 
 Shapes: b batch; hidden, residual (b, d_model); y, z (b, d_inner); x (b, d) with conv_state (b, d, s),
 s >= k-1, conv_weight (d, k); weight (n, K) row-major; outputs (b, n) in the weight's dtype.
@@ -42,10 +49,14 @@ import triton.language as tl
 GEMV_TILE_ELEMENTS = 8192
 GEMV_MAX_BLOCK_K = 512
 GEMV_NUM_WARPS = 8
-# In the conv mode every K block also holds its channels' conv window and taps ([BLOCK_K, s] each), which
-# bounds BLOCK_K; BLOCK_N stays at least CONV_MIN_BLOCK_N so that few programs recompute the conv.
-CONV_MAX_BLOCK_K = 1024
-CONV_MIN_BLOCK_N = 4
+# conv + x_proj: channels and outputs of a program (a [BLOCK_N, BLOCK_C] weight tile, 16 KB in bf16); the
+# channel block grows past XPROJ_BLOCK_C only to keep the splits (the partials the last program sums) within
+# XPROJ_MAX_SPLITS. H200, mamba-1.4b, batch 1 (benchmarks/decode_probe.py --sweep conv): 4.2 µs a launch
+# at BLOCK_N 64, 5.0 at 32, 7.5 at 16; the row-owning GEMV it replaced took 8.2.
+XPROJ_BLOCK_C = 128
+XPROJ_BLOCK_N = 64
+XPROJ_MAX_SPLITS = 64
+XPROJ_NUM_WARPS = 4
 # Programs per streaming multiprocessor the tile choice aims for (fewer rows per program until reached).
 PROGRAMS_PER_SM = 4
 # Batch rows one program serves from each weight tile; larger batches add programs along grid axis 1.
@@ -55,7 +66,8 @@ PDL_ENV = "MAMBAKIT_DECODE_PDL"
 
 INPUT_RESIDUAL_NORM = tl.constexpr(0)  # rmsnorm(hidden + residual) * norm_weight
 INPUT_GATED_NORM = tl.constexpr(1)  # rmsnorm_per_group(y * silu(z)) * norm_weight
-INPUT_CONV_SILU = tl.constexpr(2)  # silu(conv1d(conv_state, x) + conv_bias)
+
+_arrival_counters: dict[torch.device, torch.Tensor] = {}
 
 
 # ---- helpers shared with decode_fused_ssm.py ------------------------------------------------------------
@@ -128,45 +140,34 @@ def roll_conv_state(state_row_ptr, x, chans, chan_mask, stride_state_c, stride_s
 
 # ---- the input-building GEMV --------------------------------------------------------------------------
 @triton.jit
-def _gemv_input(x_row_ptr, residual_row_ptr, gate_row_ptr, state_row_ptr, residual_out_row_ptr,
-                conv_weight_ptr, conv_bias_ptr, cols, col_mask, store_residual, state_len,
-                stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
-                MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-                CONV_WIDTH: tl.constexpr, BLOCK_S: tl.constexpr):
+def _gemv_input(x_row_ptr, residual_row_ptr, gate_row_ptr, residual_out_row_ptr, cols, col_mask, store_residual,
+                MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """One batch row's input values at ``cols`` (fp32, before normalisation); in the residual mode also
     stores hidden + residual there when ``store_residual``."""
-    if MODE == INPUT_CONV_SILU:
-        state_taps, input_tap, bias = conv_taps(conv_weight_ptr, conv_bias_ptr, cols, col_mask, stride_conv_w_c,
-                                                stride_conv_w_k, state_len, CONV_WIDTH, BLOCK_S, HAS_CONV_BIAS)
-        values, _ = conv_silu(state_row_ptr, x_row_ptr, cols, col_mask, state_taps, input_tap, bias,
-                              stride_state_c, stride_state_s, state_len, BLOCK_S)
+    values = tl.load(x_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if MODE == INPUT_RESIDUAL_NORM:
+        if HAS_RESIDUAL:
+            values += tl.load(residual_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        tl.store(residual_out_row_ptr + cols, values.to(residual_out_row_ptr.dtype.element_ty),
+                 mask=and_flag(col_mask, store_residual))
     else:
-        values = tl.load(x_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        if MODE == INPUT_RESIDUAL_NORM:
-            if HAS_RESIDUAL:
-                values += tl.load(residual_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-            tl.store(residual_out_row_ptr + cols, values.to(residual_out_row_ptr.dtype.element_ty),
-                     mask=and_flag(col_mask, store_residual))
-        else:
-            gate = tl.load(gate_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-            values = values * gate * tl.sigmoid(gate)
+        gate = tl.load(gate_row_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        values = values * gate * tl.sigmoid(gate)
     return values
 
 
 @triton.jit
 def _input_gemv_kernel(
     weight_ptr, bias_ptr, out_ptr, x_ptr, residual_ptr, gate_ptr, norm_weight_ptr, residual_out_ptr,
-    conv_state_ptr, conv_weight_ptr, conv_bias_ptr,
-    batch, N, group_size, groups, eps, state_len,
+    batch, N, group_size, groups, eps,
     stride_w_n, stride_out_b, stride_x_b, stride_residual_b, stride_gate_b, stride_residual_out_b,
-    stride_state_b, stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
-    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-    CONV_WIDTH: tl.constexpr, BLOCK_S: tl.constexpr, BATCH_BLOCK: tl.constexpr, BATCH_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BATCH_BLOCK: tl.constexpr, BATCH_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), cdiv(batch, BATCH_BLOCK)): out[rows of the batch block, BLOCK_N rows] =
-    weight @ input (+ bias). The K axis is ``groups`` groups of ``group_size``; in the norm modes each group
-    is scaled by its rsqrt(mean square + eps) when its last K block is done."""
+    weight @ input (+ bias). The K axis is ``groups`` groups of ``group_size``, each scaled by its
+    rsqrt(mean square + eps) when its last K block is done."""
     pid_n = tl.program_id(0)
     batch_start = tl.program_id(1) * BATCH_BLOCK
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -196,36 +197,73 @@ def _input_gemv_kernel(
                                    mask=row_mask[:, None] & upcoming_mask[None, :], other=0.0,
                                    eviction_policy="evict_first")
         tile = weights.to(tl.float32)
-        if MODE != INPUT_CONV_SILU:
-            norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         for r in tl.static_range(BATCH_BLOCK):
             row = batch_start + r
-            valid = row < batch
             values = _gemv_input(
                 x_ptr + row * stride_x_b, residual_ptr + row * stride_residual_b, gate_ptr + row * stride_gate_b,
-                conv_state_ptr + row.to(tl.int64) * stride_state_b, residual_out_ptr + row * stride_residual_out_b,
-                conv_weight_ptr, conv_bias_ptr, cols, and_flag(col_mask, valid), pid_n == 0, state_len,
-                stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k,
-                MODE, HAS_RESIDUAL, HAS_CONV_BIAS, CONV_WIDTH, BLOCK_S)
-            if MODE != INPUT_CONV_SILU:
-                sum_squares = tl.where(batch_ids == r, sum_squares + tl.sum(values * values, axis=0), sum_squares)
-                values = values * norm_weight
-            partial = tl.sum(tile * values[None, :], axis=1)
+                residual_out_ptr + row * stride_residual_out_b, cols, and_flag(col_mask, row < batch), pid_n == 0,
+                MODE, HAS_RESIDUAL)
+            sum_squares = tl.where(batch_ids == r, sum_squares + tl.sum(values * values, axis=0), sum_squares)
+            partial = tl.sum(tile * (values * norm_weight)[None, :], axis=1)
             group_acc = tl.where((batch_ids == r)[:, None], group_acc + partial[None, :], group_acc)
-        if MODE != INPUT_CONV_SILU:
-            group_done = block - group * blocks_per_group == blocks_per_group - 1
-            rstd = tl.rsqrt(sum_squares / group_size + eps)
-            acc = tl.where(group_done, acc + group_acc * rstd[:, None], acc)
-            group_acc = tl.where(group_done, 0.0, group_acc)
-            sum_squares = tl.where(group_done, 0.0, sum_squares)
+        group_done = block - group * blocks_per_group == blocks_per_group - 1
+        rstd = tl.rsqrt(sum_squares / group_size + eps)
+        acc = tl.where(group_done, acc + group_acc * rstd[:, None], acc)
+        group_acc = tl.where(group_done, 0.0, group_acc)
+        sum_squares = tl.where(group_done, 0.0, sum_squares)
         weights = upcoming_weights
-    if MODE == INPUT_CONV_SILU:
-        acc = group_acc
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[None, :]
     out_rows = batch_start + batch_ids
     tl.store(out_ptr + out_rows[:, None] * stride_out_b + rows[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=(out_rows < batch)[:, None] & row_mask[None, :])
+
+
+@triton.jit
+def _conv_xproj_kernel(
+    x_ptr, conv_state_ptr, conv_weight_ptr, conv_bias_ptr, weight_ptr, partials_ptr, out_ptr, arrivals_ptr,
+    batch, channels, N, state_len,
+    stride_x_b, stride_state_b, stride_state_c, stride_state_s, stride_conv_w_c, stride_conv_w_k, stride_w_n,
+    stride_partials_b, stride_partials_split, stride_out_b,
+    CONV_WIDTH: tl.constexpr, BLOCK_S: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS_PAD: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    """Grid (splits = cdiv(d, BLOCK_C), cdiv(N, BLOCK_N), b): partials[row, split, BLOCK_N outputs] = the
+    split's weight columns @ silu(conv) of its channels; the last program sums partials over the splits into
+    out (b, N)."""
+    split = tl.program_id(0)
+    outputs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    output_mask = outputs < N
+    row = tl.program_id(2).to(tl.int64)
+    chans = split * BLOCK_C + tl.arange(0, BLOCK_C)
+    chan_mask = chans < channels
+    weights = tl.load(weight_ptr + outputs[:, None] * stride_w_n + chans[None, :],
+                      mask=output_mask[:, None] & chan_mask[None, :], other=0.0, eviction_policy="evict_first")
+    state_taps, input_tap, bias = conv_taps(conv_weight_ptr, conv_bias_ptr, chans, chan_mask, stride_conv_w_c,
+                                            stride_conv_w_k, state_len, CONV_WIDTH, BLOCK_S, HAS_CONV_BIAS)
+    wait_for_previous_kernel(USE_PDL)
+
+    values, _ = conv_silu(conv_state_ptr + row * stride_state_b, x_ptr + row * stride_x_b, chans, chan_mask,
+                          state_taps, input_tap, bias, stride_state_c, stride_state_s, state_len, BLOCK_S)
+    partial = tl.sum(weights.to(tl.float32) * values[None, :], axis=1)
+    tl.store(partials_ptr + row * stride_partials_b + split * stride_partials_split + outputs, partial,
+             mask=output_mask)
+
+    tl.debug_barrier()  # this program's partials are stored before it counts itself out
+    arrived = tl.atomic_add(arrivals_ptr, 1, sem="acq_rel")
+    if arrived == tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2) - 1:
+        splits = tl.arange(0, SPLITS_PAD)
+        split_mask = splits < tl.num_programs(0)
+        columns = tl.arange(0, BLOCK_N)
+        for sum_row in range(batch):
+            for start in range(0, N, BLOCK_N):
+                cols = start + columns
+                tile = tl.load(partials_ptr + sum_row * stride_partials_b + splits[:, None] * stride_partials_split
+                               + cols[None, :], mask=split_mask[:, None] & (cols < N)[None, :], other=0.0)
+                tl.store(out_ptr + sum_row * stride_out_b + cols, tl.sum(tile, axis=0).to(out_ptr.dtype.element_ty),
+                         mask=cols < N)
+        tl.atomic_xchg(arrivals_ptr, 0, sem="release")
 
 
 # ---- launch helpers (also used by decode_fused_ssm.py) -----------------------------------------------------
@@ -258,23 +296,29 @@ def unit_stride_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _gemv_tiles(n: int, group_size: int, batch_blocks: int, device: torch.device, conv: bool) -> tuple[int, int]:
+def arrival_counter(device: torch.device) -> torch.Tensor:
+    """The device's int32 arrival counter, zero between calls (allocated on first use: warm up before a
+    CUDA-graph capture, as ``generation/cuda_graph.py`` does)."""
+    if device not in _arrival_counters:
+        _arrival_counters[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _arrival_counters[device]
+
+
+def _gemv_tiles(n: int, group_size: int, batch_blocks: int, device: torch.device) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K): a tile of GEMV_TILE_ELEMENTS weights; fewer rows and longer K blocks per program
-    until the grid gives PROGRAMS_PER_SM programs per multiprocessor (the conv mode keeps its bounds)."""
+    until the grid gives PROGRAMS_PER_SM programs per multiprocessor."""
     k_span = triton.next_power_of_2(group_size)
-    longest_k = CONV_MAX_BLOCK_K if conv else k_span
-    block_k = min(k_span, CONV_MAX_BLOCK_K if conv else GEMV_MAX_BLOCK_K)
+    block_k = min(k_span, GEMV_MAX_BLOCK_K)
     block_n = max(1, min(triton.next_power_of_2(n), GEMV_TILE_ELEMENTS // block_k))
-    fewest_rows = min(CONV_MIN_BLOCK_N, block_n) if conv else 1
     wanted = PROGRAMS_PER_SM * multiprocessors(device)
-    while block_n > fewest_rows and triton.cdiv(n, block_n) * batch_blocks < wanted:
+    while block_n > 1 and triton.cdiv(n, block_n) * batch_blocks < wanted:
         block_n //= 2
-        block_k = min(longest_k, block_k * 2)
+        block_k = min(k_span, block_k * 2)
     return block_n, block_k
 
 
 def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight=None, residual_out=None,
-                 conv_state=None, conv_weight=None, conv_bias=None, group_size=None, eps=0.0):
+                 group_size=None, eps=0.0):
     """out (b, n) = weight @ input(x, ...) (+ bias) through ``_input_gemv_kernel`` in ``mode``."""
     batch, width = x.shape
     n = weight.shape[0]
@@ -286,25 +330,17 @@ def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight
     out = torch.empty(batch, n, device=x.device, dtype=weight.dtype)
     batch_block = min(batch, MAX_BATCH_BLOCK)
     batch_blocks = triton.cdiv(batch, batch_block)
-    conv_mode = mode == INPUT_CONV_SILU
-    block_n, block_k = _gemv_tiles(n, group_size, batch_blocks, x.device, conv_mode)
+    block_n, block_k = _gemv_tiles(n, group_size, batch_blocks, x.device)
     use_pdl, launch_options = pdl_launch(x.device)
-    state_strides = conv_state.stride() if conv_mode else (0, 0, 0)
-    conv_strides = conv_weight.stride() if conv_mode else (0, 0)
-    state_len = conv_state.shape[-1] if conv_mode else 0
     _input_gemv_kernel[(triton.cdiv(n, block_n), batch_blocks)](
         weight, bias if bias is not None else weight, out, x,
-        residual if residual is not None else x, gate if gate is not None else x,
-        norm_weight if norm_weight is not None else weight, residual_out if residual_out is not None else out,
-        conv_state if conv_mode else x, conv_weight if conv_mode else weight,
-        conv_bias if conv_bias is not None else weight,
-        batch, n, group_size, width // group_size, eps, state_len,
+        residual if residual is not None else x, gate if gate is not None else x, norm_weight,
+        residual_out if residual_out is not None else out,
+        batch, n, group_size, width // group_size, eps,
         weight.stride(0), out.stride(0), x.stride(0),
         residual.stride(0) if residual is not None else 0, gate.stride(0) if gate is not None else 0,
-        residual_out.stride(0) if residual_out is not None else 0, *state_strides, *conv_strides,
-        MODE=mode, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        HAS_CONV_BIAS=conv_bias is not None, CONV_WIDTH=conv_weight.shape[-1] if conv_mode else 1,
-        BLOCK_S=triton.next_power_of_2(max(state_len, 1)), BATCH_BLOCK=batch_block,
+        residual_out.stride(0) if residual_out is not None else 0,
+        MODE=mode, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BATCH_BLOCK=batch_block,
         BATCH_PAD=triton.next_power_of_2(batch_block), BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=use_pdl,
         num_warps=GEMV_NUM_WARPS, **launch_options,
     )
@@ -344,5 +380,26 @@ def mamba1_conv_xproj(x, conv_state, conv_weight, conv_bias, x_proj_weight):
     x: (b, d); conv_state: (b, d, s), s >= k-1; conv_weight: (d, k); conv_bias: (d,) or None;
     x_proj_weight: (r + 2n, d). Returns x_dbl (b, r + 2n) in the weight's dtype.
     """
-    return _launch_gemv(INPUT_CONV_SILU, x_proj_weight, None, unit_stride_rows(x), conv_state=conv_state,
-                        conv_weight=conv_weight, conv_bias=conv_bias)
+    batch, channels = x.shape
+    n = x_proj_weight.shape[0]
+    width, state_len = conv_weight.shape[-1], conv_state.shape[-1]
+    if state_len < width - 1:
+        raise ValueError(f"conv_state holds {state_len} steps; a width-{width} conv needs at least {width - 1}")
+    x, x_proj_weight = unit_stride_rows(x), unit_stride_rows(x_proj_weight)
+    block_c = max(min(XPROJ_BLOCK_C, triton.next_power_of_2(channels)),
+                  triton.next_power_of_2(triton.cdiv(channels, XPROJ_MAX_SPLITS)))
+    splits = triton.cdiv(channels, block_c)
+    block_n = min(XPROJ_BLOCK_N, triton.next_power_of_2(n))
+    partials = torch.empty(batch, splits, n, device=x.device, dtype=torch.float32)
+    out = torch.empty(batch, n, device=x.device, dtype=x_proj_weight.dtype)
+    use_pdl, launch_options = pdl_launch(x.device)
+    _conv_xproj_kernel[(splits, triton.cdiv(n, block_n), batch)](
+        x, conv_state, conv_weight, conv_bias if conv_bias is not None else conv_weight, x_proj_weight, partials,
+        out, arrival_counter(x.device), batch, channels, n, state_len,
+        x.stride(0), *conv_state.stride(), *conv_weight.stride(), x_proj_weight.stride(0),
+        partials.stride(0), partials.stride(1), out.stride(0),
+        CONV_WIDTH=width, BLOCK_S=triton.next_power_of_2(max(state_len, 1)), HAS_CONV_BIAS=conv_bias is not None,
+        BLOCK_C=block_c, BLOCK_N=block_n, SPLITS_PAD=triton.next_power_of_2(splits), USE_PDL=use_pdl,
+        num_warps=XPROJ_NUM_WARPS, **launch_options,
+    )
+    return out

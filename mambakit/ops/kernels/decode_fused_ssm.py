@@ -12,9 +12,9 @@ requested before waiting for the previous kernel (programmatic dependent launch,
 Each program computes the conv of exactly the channels whose state it updates and rolls them. Mamba-2's
 B and C channels are shared by every head of a group, so every program recomputes their conv from the old
 window and none may roll them while others still read: the programs count themselves out on a per-device
-arrival counter (acquire-release), and the last to arrive rolls the shared channels of every row and
-resets the counter to zero for the next call. Calls on one device must therefore not run concurrently on
-several streams.
+arrival counter (acquire-release, shared with ``decode_fused``), and the last to arrive rolls the shared
+channels of every row and resets the counter to zero for the next call. Calls on one device must therefore
+not run concurrently on several streams.
 
 Shapes: b batch, d = d_inner, n = d_state, r = dt_rank, k = d_conv, s >= k-1 conv_state columns;
 Mamba-2: h heads, p = headdim, g = ngroups, c = d + 2·g·n conv channels.
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from mambakit.ops.kernels.decode_fused import (
-    conv_silu, conv_taps, multiprocessors, pdl_launch, roll_conv_state, softplus,
+    arrival_counter, conv_silu, conv_taps, multiprocessors, pdl_launch, roll_conv_state, softplus,
     unit_stride_rows, wait_for_previous_kernel,
 )
 
@@ -40,8 +40,6 @@ SSM_TILE_ELEMENTS = 2048
 SSM_NUM_WARPS = 4
 # Channels per step when the last Mamba-2 program rolls the shared B and C conv state.
 SHARED_ROLL_BLOCK = 256
-
-_arrival_counters: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
@@ -192,14 +190,6 @@ def _conv_shapes(conv_state: torch.Tensor, conv_weight: torch.Tensor) -> dict:
     return dict(CONV_WIDTH=width, BLOCK_S=triton.next_power_of_2(max(state_len, 1)))
 
 
-def _arrival_counter(device: torch.device) -> torch.Tensor:
-    """The device's int32 arrival counter, zero between calls (allocated on first use: warm up before a
-    CUDA-graph capture, as ``generation/cuda_graph.py`` does)."""
-    if device not in _arrival_counters:
-        _arrival_counters[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _arrival_counters[device]
-
-
 def mamba1_ssm_step(x, z, x_dbl, conv_state, conv_weight, conv_bias, dt_proj_weight, dt_proj_bias, A_log, D,
                     ssm_state, bcdt_eps=None):
     """Mamba-1's conv (rolling ``conv_state``), dt_proj and SSM update (``ssm_state``) for one token.
@@ -250,7 +240,7 @@ def mamba2_conv_ssm_step(xbc, dt, conv_state, conv_weight, conv_bias, dt_bias, A
     use_pdl, launch_options = pdl_launch(xbc.device)
     _mamba2_conv_ssm_step_kernel[(heads * triton.cdiv(head_dim, block_p), batch)](
         xbc, dt, conv_state, conv_weight, conv_bias if conv_bias is not None else D, dt_bias, A_log, D,
-        ssm_state, y, _arrival_counter(xbc.device),
+        ssm_state, y, arrival_counter(xbc.device),
         batch, head_dim, state_size, heads // ngroups, d_inner, ngroups * state_size, conv_state.shape[-1],
         float(dt_limit[0]), float(dt_limit[1]),
         xbc.stride(0), dt.stride(0), *conv_state.stride(), *conv_weight.stride(), *ssm_state.stride(), y.stride(0),
