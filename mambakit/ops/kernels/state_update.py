@@ -16,6 +16,12 @@ import triton.language as tl
 from mambakit.ops.reference import mamba1_as_heads
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# State elements (rows x padded n) per program, at most STATE_MAX_ROWS rows, and its warps. H200, batch 64,
+# 48 layers (benchmarks/state_update_probe.py): mamba2-1.3b (n=128) 72 µs a layer fp32 / 49 bf16 at 2048
+# elements against 96 / 97 at 512; mamba-1.4b (n=16) is best at 64 rows (12.6 / 8.8 µs against 12.8 / 12.0).
+STATE_TILE_ELEMENTS = 2048
+STATE_MAX_ROWS = 64
+STATE_NUM_WARPS = 4
 
 
 @triton.jit
@@ -99,7 +105,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     y = torch.empty_like(x)
     rows = heads * head_dim
     state_pad = triton.next_power_of_2(state_size)
-    block_rows = min(triton.next_power_of_2(rows), max(1, 512 // state_pad))
+    block_rows = min(triton.next_power_of_2(rows), STATE_MAX_ROWS, max(1, STATE_TILE_ELEMENTS // state_pad))
     grid = (triton.cdiv(rows, block_rows), batch)
     _selective_state_update_kernel[grid](
         state, x, dt, A, B, C, A if D is None else D, x if z is None else z, A if dt_bias is None else dt_bias, y,
@@ -107,6 +113,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         *state.stride(), *x.stride(), *dt.stride(), *_strides3(z), *y.stride(),
         *A.stride(), *B.stride(), *C.stride(), *_strides2(D), *_strides2(dt_bias),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        BLOCK_ROWS=block_rows, STATE_PAD=state_pad, num_warps=4,
+        BLOCK_ROWS=block_rows, STATE_PAD=state_pad, num_warps=STATE_NUM_WARPS,
     )
     return y
