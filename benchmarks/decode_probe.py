@@ -23,12 +23,13 @@ from mambakit.bench.model_bench import SHAPES, copy_bandwidth_gbps, weight_bytes
 from mambakit.model import MambaLM
 from mambakit.ops.kernels import decode_fused, decode_fused_ssm
 
-BATCHES = (1, 8)
+BATCHES = [1, 8]  # --batches replaces them
 LAYERS = 48
 REPLAYS = 50
 SWEEPS = {  # module, constant, values
-    "gemv": [(decode_fused, "GEMV_TILE_ELEMENTS", (4096, 8192, 16384)), (decode_fused, "GEMV_NUM_WARPS", (4, 8)),
-             (decode_fused, "PROGRAMS_PER_SM", (2, 4, 8)), (decode_fused, "GEMV_MAX_BLOCK_K", (256, 512, 1024))],
+    "gemv": [(decode_fused, "GEMV_TILE_ELEMENTS", (2048, 4096, 8192)), (decode_fused, "GEMV_NUM_WARPS", (4, 8)),
+             (decode_fused, "PROGRAMS_PER_SM", (1, 2, 4)), (decode_fused, "GEMV_MAX_BLOCK_K", (128, 256, 512)),
+             (decode_fused, "GEMV_STAGES", (2, 3, 4))],
     "conv": [(decode_fused, "XPROJ_BLOCK_C", (64, 128, 256)), (decode_fused, "XPROJ_BLOCK_N", (32, 64, 128)),
              (decode_fused, "XPROJ_NUM_WARPS", (2, 4, 8))],
     "ssm": [(decode_fused_ssm, "SSM_PROGRAMS_PER_SM", (1, 2, 4, 8)),
@@ -176,8 +177,10 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=["mamba-1.4b", "mamba2-1.3b"])
     parser.add_argument("--sweep", default="", help="also vary the tile constants of these families "
                                                     f"(comma-separated: {', '.join(SWEEPS)}; kernels only)")
+    parser.add_argument("--batches", default="1,8", help="batch sizes (default 1,8)")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
+    BATCHES[:] = [int(b) for b in args.batches.split(",")]
     unknown = set(filter(None, args.sweep.split(","))) - set(SWEEPS)
     if unknown:
         parser.error(f"unknown sweep families {sorted(unknown)}; use {', '.join(SWEEPS)}")

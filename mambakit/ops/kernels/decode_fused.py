@@ -10,19 +10,21 @@ few kernels as its data dependencies allow (``decode_fused_ssm.py`` holds the re
 - ``mamba1_conv_xproj``: Mamba-1's x_proj(silu(conv(x with conv_state))), conv_state left as it is.
 
 Design of the norm GEMVs (one kernel, ``_input_gemv_kernel``, two input modes):
-- A program owns ``BLOCK_N`` output rows and streams their weights in [BLOCK_N, BLOCK_K] tiles with wide
-  coalesced loads, one tile ahead (the tile for step t+1 is requested before step t is reduced). Each
-  weight tile serves every batch row of the program's batch block (a static loop over up to
-  ``MAX_BATCH_BLOCK`` rows), so the weights are read once for all of them.
+- A program owns ``BLOCK_N`` output rows and streams their weights in [BLOCK_N, BLOCK_K] tiles through a
+  Triton-pipelined loop (``GEMV_STAGES`` tiles in flight, copied asynchronously into shared memory), which
+  keeps enough bytes in flight per multiprocessor without holding them in registers. Each weight tile
+  serves every batch row of the program's batch block (a static loop over up to ``MAX_BATCH_BLOCK`` rows),
+  so the weights are read once for all of them.
 - Every program builds the input vector it needs itself (a row is only d_model..d_inner values): the
   residual sum or the gate. RMSNorm needs
   the row's statistics before any product, but linear(x * rstd) = rstd * linear(x): the kernel
   accumulates the dot products and the sum of squares in the same pass and scales once per group at the
   group's end (K blocks never straddle groups), so normalisation costs no extra pass over the input.
 - Programmatic dependent launch (sm_90+, ``MAMBAKIT_DECODE_PDL=0`` turns it off): a kernel may start
-  while the previous one drains; each program requests its first weight tile (weights are never written
-  during decoding), then waits for the previous kernel's writes (``gdc_wait``) before reading any
-  activation, and only then lets the next kernel launch. Everything else is shape-driven: no host sync and
+  while the previous one drains; its programs load what does not depend on the previous kernel (weights
+  are never written during decoding), then wait for the previous kernel's writes (``gdc_wait``) before
+  reading any activation, and only then let the next kernel launch. (The norm GEMVs wait before their
+  pipelined loop: its prologue loads activations too.) Everything else is shape-driven: no host sync and
   no data-dependent allocation, so the kernels capture into CUDA graphs.
 
 x_proj has few outputs (r + 2n = 160 at mamba-1.4b) over many inputs (d = 4096): programs that own output
@@ -44,11 +46,15 @@ import torch
 import triton
 import triton.language as tl
 
-# Weight elements per program tile (bf16: 16 KB, 32 a thread over 8 warps: ~110-160 registers on sm_90 at
-# batch 1, no spills up to batch 8) and the widest K block of a norm GEMV; benchmarks/decode_probe.py sweeps them.
-GEMV_TILE_ELEMENTS = 8192
-GEMV_MAX_BLOCK_K = 512
-GEMV_NUM_WARPS = 8
+# Norm GEMVs: weight elements per tile (bf16: 8 KB), the widest K block, tiles in flight per program, and
+# warps. H200, batch 1, 48 distinct weights in a graph (benchmarks/gemv_pipelining_probe.py): [16, 256]
+# tiles, 3 stages, 4 warps: mamba-1.4b in_proj 10.6 µs (3.17 TB/s) and lm_head 50.1 µs (4.11 TB/s), against
+# 16.3 and 70.2 µs for the earlier [8, 512] register-prefetch kernel at 8 warps. decode_probe.py --sweep gemv
+# around these (2026-11-29-h200-decode-probe-pipelined-gemv.jsonl) found none faster for mamba-1.4b.
+GEMV_TILE_ELEMENTS = 4096
+GEMV_MAX_BLOCK_K = 256
+GEMV_STAGES = 3
+GEMV_NUM_WARPS = 4
 # conv + x_proj: channels and outputs of a program (a [BLOCK_N, BLOCK_C] weight tile, 16 KB in bf16); the
 # channel block grows past XPROJ_BLOCK_C only to keep the splits (the partials the last program sums) within
 # XPROJ_MAX_SPLITS. H200, mamba-1.4b, batch 1 (benchmarks/decode_probe.py --sweep conv): 4.2 µs a launch
@@ -58,7 +64,7 @@ XPROJ_BLOCK_N = 64
 XPROJ_MAX_SPLITS = 64
 XPROJ_NUM_WARPS = 4
 # Programs per streaming multiprocessor the tile choice aims for (fewer rows per program until reached).
-PROGRAMS_PER_SM = 4
+PROGRAMS_PER_SM = 2
 # Batch rows one program serves from each weight tile; larger batches add programs along grid axis 1.
 MAX_BATCH_BLOCK = 8
 INTERPRETER_SMS = 1
@@ -163,7 +169,7 @@ def _input_gemv_kernel(
     stride_w_n, stride_out_b, stride_x_b, stride_residual_b, stride_gate_b, stride_residual_out_b,
     MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     BATCH_BLOCK: tl.constexpr, BATCH_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    STAGES: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), cdiv(batch, BATCH_BLOCK)): out[rows of the batch block, BLOCK_N rows] =
     weight @ input (+ bias). The K axis is ``groups`` groups of ``group_size``, each scaled by its
@@ -176,27 +182,19 @@ def _input_gemv_kernel(
     offs = tl.arange(0, BLOCK_K)
     blocks_per_group = tl.cdiv(group_size, BLOCK_K)
     total_blocks = groups * blocks_per_group
-    weights = tl.load(weight_rows + offs[None, :], mask=row_mask[:, None] & (offs < group_size)[None, :],
-                      other=0.0, eviction_policy="evict_first")
     wait_for_previous_kernel(USE_PDL)
 
     batch_ids = tl.arange(0, BATCH_PAD)
     acc = tl.zeros((BATCH_PAD, BLOCK_N), dtype=tl.float32)
     group_acc = tl.zeros((BATCH_PAD, BLOCK_N), dtype=tl.float32)
     sum_squares = tl.zeros((BATCH_PAD,), dtype=tl.float32)
-    for block in range(total_blocks):
+    for block in tl.range(0, total_blocks, num_stages=STAGES):
         group = block // blocks_per_group
         in_group = (block - group * blocks_per_group) * BLOCK_K + offs
         col_mask = in_group < group_size
         cols = group * group_size + in_group
-        upcoming = block + 1
-        upcoming_group = upcoming // blocks_per_group
-        upcoming_in_group = (upcoming - upcoming_group * blocks_per_group) * BLOCK_K + offs
-        upcoming_mask = and_flag(upcoming_in_group < group_size, upcoming < total_blocks)
-        upcoming_weights = tl.load(weight_rows + (upcoming_group * group_size + upcoming_in_group)[None, :],
-                                   mask=row_mask[:, None] & upcoming_mask[None, :], other=0.0,
-                                   eviction_policy="evict_first")
-        tile = weights.to(tl.float32)
+        tile = tl.load(weight_rows + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
         norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         for r in tl.static_range(BATCH_BLOCK):
             row = batch_start + r
@@ -212,7 +210,6 @@ def _input_gemv_kernel(
         acc = tl.where(group_done, acc + group_acc * rstd[:, None], acc)
         group_acc = tl.where(group_done, 0.0, group_acc)
         sum_squares = tl.where(group_done, 0.0, sum_squares)
-        weights = upcoming_weights
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[None, :]
     out_rows = batch_start + batch_ids
@@ -318,8 +315,9 @@ def _gemv_tiles(n: int, group_size: int, batch_blocks: int, device: torch.device
 
 
 def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight=None, residual_out=None,
-                 group_size=None, eps=0.0):
-    """out (b, n) = weight @ input(x, ...) (+ bias) through ``_input_gemv_kernel`` in ``mode``."""
+                 group_size=None, eps=0.0, allow_pdl=True):
+    """out (b, n) = weight @ input(x, ...) (+ bias) through ``_input_gemv_kernel`` in ``mode``; with
+    ``allow_pdl`` False it is launched as an ordinary kernel (see ``gated_norm_linear``)."""
     batch, width = x.shape
     n = weight.shape[0]
     if weight.stride(-1) != 1:
@@ -331,7 +329,7 @@ def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight
     batch_block = min(batch, MAX_BATCH_BLOCK)
     batch_blocks = triton.cdiv(batch, batch_block)
     block_n, block_k = _gemv_tiles(n, group_size, batch_blocks, x.device)
-    use_pdl, launch_options = pdl_launch(x.device)
+    use_pdl, launch_options = pdl_launch(x.device) if allow_pdl else (False, {})
     _input_gemv_kernel[(triton.cdiv(n, block_n), batch_blocks)](
         weight, bias if bias is not None else weight, out, x,
         residual if residual is not None else x, gate if gate is not None else x, norm_weight,
@@ -341,8 +339,8 @@ def _launch_gemv(mode, weight, bias, x, *, residual=None, gate=None, norm_weight
         residual.stride(0) if residual is not None else 0, gate.stride(0) if gate is not None else 0,
         residual_out.stride(0) if residual_out is not None else 0,
         MODE=mode, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BATCH_BLOCK=batch_block,
-        BATCH_PAD=triton.next_power_of_2(batch_block), BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=use_pdl,
-        num_warps=GEMV_NUM_WARPS, **launch_options,
+        BATCH_PAD=triton.next_power_of_2(batch_block), BLOCK_N=block_n, BLOCK_K=block_k, STAGES=GEMV_STAGES,
+        USE_PDL=use_pdl, num_warps=GEMV_NUM_WARPS, **launch_options,
     )
     return out
 
@@ -370,8 +368,11 @@ def gated_norm_linear(y, z, norm_weight, eps, group_size, weight, bias=None):
     y, z: (b, d_inner); norm_weight: (d_inner,); group_size divides d_inner; weight: (d_model, d_inner);
     bias: (d_model,). Returns (b, d_model) in weight's dtype.
     """
+    # Without programmatic dependent launch: on the H200 (decode_probe.py, mamba2-1.3b, batch 1) this kernel
+    # took 10.6 µs a launch with it and 8.4 without, and the whole graphed step 1667 µs with it and 1373 µs
+    # with none at all, while Mamba-1's step (whose out_proj is not a norm GEMV) gains from it (1262 / 1378).
     return _launch_gemv(INPUT_GATED_NORM, weight, bias, unit_stride_rows(y), gate=unit_stride_rows(z),
-                        norm_weight=norm_weight, group_size=group_size, eps=eps)
+                        norm_weight=norm_weight, group_size=group_size, eps=eps, allow_pdl=False)
 
 
 def mamba1_conv_xproj(x, conv_state, conv_weight, conv_bias, x_proj_weight):
