@@ -25,17 +25,16 @@ class InferenceState:
     ssm: torch.Tensor
 
     @classmethod
-    def allocate(cls, model, batch_size: int, device=None, dtype=None) -> "InferenceState":
+    def allocate(cls, model, batch_size: int, device=None, dtype=None, ssm_dtype=None) -> "InferenceState":
         """Zero state for ``batch_size`` rows of ``model`` (a MambaLM), on its device; conv in its dtype (or
-        ``dtype``), SSM in its ``ssm_state_dtype``."""
+        ``dtype``), SSM in its ``ssm_state_dtype`` (or ``ssm_dtype``)."""
         first = model.backbone.layers[0].mixer
         conv_shape, ssm_shape = first.state_shapes()
         n_layer = len(model.backbone.layers)
         ref = model.backbone.embedding.weight
         device = device or ref.device
         conv = torch.zeros(n_layer, batch_size, *conv_shape, device=device, dtype=dtype or ref.dtype)
-        ssm = torch.zeros(n_layer, batch_size, *ssm_shape, device=device,
-                          dtype=getattr(model, "ssm_state_dtype", torch.float32))
+        ssm = torch.zeros(n_layer, batch_size, *ssm_shape, device=device, dtype=ssm_dtype or model.ssm_state_dtype)
         return cls(conv, ssm)
 
     @property

@@ -5,7 +5,9 @@ import torch
 import mambakit
 from mambakit import MambaConfig, MambaLM
 from mambakit.generation import Generator, SamplingParams
+from mambakit.generation.cuda_graph import CudaGraphStepper
 from mambakit.generation.prefill import PrefillGraphs, split_prompt
+from mambakit.state import InferenceState
 from mambakit.tokenizer import byte_tokenizer
 from tiny_models import KINDS, VOCAB, hf_model, skip_unless_comparable
 
@@ -69,9 +71,6 @@ def test_training_step_on_triton_path(cuda_model):
 
 def test_bound_graph_steps_equal_eager_steps(cuda_model):
     """A server's stepper captures on its slot state: stepping the first rows equals eager steps."""
-    from mambakit.generation.cuda_graph import CudaGraphStepper
-    from mambakit.state import InferenceState
-
     slots = cuda_model.allocate_state(8)
     slots.ssm.normal_()
     slots.conv.normal_()
@@ -88,7 +87,15 @@ def test_bound_graph_steps_equal_eager_steps(cuda_model):
 
 def test_graphed_prefill_equals_eager_pieces(cuda_model):
     graphs = PrefillGraphs(cuda_model)
-    start = cuda_model.allocate_state(1)
+    for state_dtype, ssm_atol in ((torch.float32, 1e-3), (torch.bfloat16, 1e-2)):
+        _check_graphed_prefill(cuda_model, graphs, InferenceState.allocate(cuda_model, 1, ssm_dtype=state_dtype),
+                               ssm_atol)
+    # one graph per (piece length, state dtype)
+    assert set(graphs.capture_seconds) == {(n, d) for n in (256, 512, 1024) for d in (torch.float32, torch.bfloat16)}
+    assert graphs.pool_bytes > 0
+
+
+def _check_graphed_prefill(cuda_model, graphs, start, ssm_atol):
     start.ssm.normal_()  # continuing from a state, as a chat turn does
     for length in (3000, 700, 3000):  # the second 3000 replays graphs captured by the first
         ids = torch.randint(0, 257, (1, length), device="cuda")
@@ -100,9 +107,9 @@ def test_graphed_prefill_equals_eager_pieces(cuda_model):
                 eager = cuda_model(ids[:, offset:offset + piece], state=eager_state, logits_to_keep=1).logits[:, -1]
                 offset += piece
         torch.testing.assert_close(graphed.float(), eager.float(), rtol=0, atol=1e-2)
-        torch.testing.assert_close(graphed_state.ssm, eager_state.ssm, rtol=1e-3, atol=1e-3)
+        assert graphed_state.ssm.dtype == start.ssm.dtype
+        torch.testing.assert_close(graphed_state.ssm, eager_state.ssm, rtol=1e-3, atol=ssm_atol)
         torch.testing.assert_close(graphed_state.conv, eager_state.conv, rtol=0, atol=0)
-    assert sorted(graphs.capture_seconds) == [256, 512, 1024] and graphs.pool_bytes > 0
 
 
 def test_generation_with_graphed_prefill_equals_eager(cuda_model):

@@ -5,6 +5,7 @@ import torch
 
 from mambakit import MambaConfig, MambaLM, ops
 from mambakit import model as model_module
+from mambakit.chat.prefix_cache import PrefixCache
 from mambakit.state import InferenceState
 
 CONFIGS = {
@@ -74,3 +75,10 @@ def test_bf16_state_stays_close_over_a_generation(kind):
                        [model.step(ids[:, t], state)[:, None] for t in range(8, 64)], dim=1)
     scale = expected.abs().max()
     assert (logits - expected).abs().max() / scale < 2e-2
+
+
+def test_prefix_cache_keeps_state_dtypes_apart(tmp_path):
+    cache, model = PrefixCache(tmp_path), _model("mamba")
+    fp32_path = cache.path(model, [1, 2, 3])
+    model.ssm_state_dtype = torch.bfloat16
+    assert cache.path(model, [1, 2, 3]) != fp32_path  # a bf16 prefill is not the fp32 state rounded afterwards

@@ -28,7 +28,7 @@ def model_fingerprint(model) -> str:
 
 
 class PrefixCache:
-    """States after token prefixes, one safetensors file per (model, prefix) in ``folder``."""
+    """States after token prefixes, one safetensors file per (model, SSM state dtype, prefix) in ``folder``."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder).expanduser()
@@ -44,6 +44,7 @@ class PrefixCache:
         if id(model) not in self._fingerprints:
             self._fingerprints[id(model)] = model_fingerprint(model)
         digest = hashlib.sha256(self._fingerprints[id(model)].encode())
+        digest.update(str(model.ssm_state_dtype).encode())  # a bf16 state is not the fp32 state rounded later
         digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
         return self.folder / f"{digest.hexdigest()[:32]}.safetensors"
 
@@ -60,7 +61,7 @@ class PrefixCache:
             cached = InferenceState.load(path, device=model.device)
             cached.check_compatible(model)
             self.hits += 1
-            return InferenceState(cached.conv.to(model.dtype), cached.ssm)
+            return InferenceState(cached.conv.to(model.dtype), cached.ssm.to(model.ssm_state_dtype))
         if state is None:
             state, known = model.allocate_state(1), 0
         if known < len(ids):

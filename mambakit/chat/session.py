@@ -186,7 +186,8 @@ class ChatSession:
     def load(self, path: str | Path) -> None:
         """Replace the conversation and state by those saved in ``path`` (same model and template only)."""
         path = Path(path).expanduser()
-        state = InferenceState.load(path, device=self.generator.model.device)
+        model = self.generator.model
+        state = InferenceState.load(path, device=model.device)
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
         try:
@@ -194,12 +195,12 @@ class ChatSession:
             assert record["format"] == SAVE_FORMAT
         except (KeyError, ValueError, TypeError, AssertionError):
             raise ChatSessionError(f"{path} is a state file but not a saved chat (use /save to make one)") from None
-        if record["model"] != model_fingerprint(self.generator.model):
+        if record["model"] != model_fingerprint(model):
             raise ChatSessionError(f"{path} was saved with another model; load it with the model it was made with")
         if record["template"] != self.template.name:
             raise ChatSessionError(f"{path} was saved with template {record['template']!r}; restart with "
                                    f"--template {record['template']}")
-        state.check_compatible(self.generator.model)
-        self.state = InferenceState(state.conv.to(self.generator.model.dtype), state.ssm)
+        state.check_compatible(model)
+        self.state = InferenceState(state.conv.to(model.dtype), state.ssm.to(model.ssm_state_dtype))
         self.system, self.messages = record["system"], record["messages"]
         self.fed_ids, self.fed_segments = record["fed_ids"], record["fed_segments"]

@@ -61,15 +61,16 @@ class _Captured:
 
 
 class CudaGraphStepper:
-    """``model.step`` as CUDA graphs. ``capture_seconds`` records the first-call cost per bucket."""
+    """``model.step`` as CUDA graphs, one per (batch-size bucket, SSM state dtype): a session decodes in the
+    dtype of the state it is given. ``capture_seconds`` records the first-call cost of each."""
 
     def __init__(self, model: MambaLM, bound_state: InferenceState | None = None):
         """``bound_state``: capture on this persistent state's leading rows instead of private buffers."""
         self.model = model
         self.bound_state = bound_state
-        self._graphs: dict[int, _Captured] = {}
+        self._graphs: dict[tuple[int, torch.dtype], _Captured] = {}
         self._pool = None
-        self.capture_seconds: dict[int, float] = {}
+        self.capture_seconds: dict[tuple[int, torch.dtype], float] = {}
         self.pool_bytes = 0  # memory the graphs hold (see capture_graph)
 
     @staticmethod
@@ -83,29 +84,29 @@ class CudaGraphStepper:
                 return size if limit is None else min(size, limit)
         return batch_size  # beyond the largest bucket: an exact-size graph
 
-    def _capture(self, bucket: int) -> _Captured:
+    def _capture(self, bucket: int, ssm_dtype: torch.dtype) -> _Captured:
         started = time.perf_counter()
         tokens = torch.zeros(bucket, dtype=torch.long, device=self.model.device)
         if self.bound_state is None:
-            state = InferenceState.allocate(self.model, bucket)
+            state = InferenceState.allocate(self.model, bucket, ssm_dtype=ssm_dtype)
         else:  # the live rows: capture_graph puts them back after its warm-up steps
             state = InferenceState(self.bound_state.conv[:, :bucket], self.bound_state.ssm[:, :bucket])
         with torch.inference_mode():
             graph, logits, pool_bytes = capture_graph(lambda: self.model.step(tokens, state), self._pool, state)
         self._pool = graph.pool()
         self.pool_bytes += pool_bytes
-        self.capture_seconds[bucket] = time.perf_counter() - started
+        self.capture_seconds[bucket, ssm_dtype] = time.perf_counter() - started
         return _Captured(graph, tokens, state, logits)
 
-    def _graph(self, rows: int) -> _Captured:
-        bucket = self.bucket(rows)
-        if bucket not in self._graphs:
-            self._graphs[bucket] = self._capture(bucket)
-        return self._graphs[bucket]
+    def _graph(self, rows: int, ssm_dtype: torch.dtype) -> _Captured:
+        key = self.bucket(rows), ssm_dtype
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(*key)
+        return self._graphs[key]
 
     def session(self, state: InferenceState) -> "DecodeSession":
-        """Start decoding ``state``'s rows through the graph of their bucket (unbound steppers)."""
-        return DecodeSession(self._graph(state.batch_size), state)
+        """Start decoding ``state``'s rows through the graph of their bucket and dtype (unbound steppers)."""
+        return DecodeSession(self._graph(state.batch_size, state.ssm.dtype), state)
 
     def step_rows(self, tokens: torch.Tensor) -> torch.Tensor:
         """Bound steppers: advance the bound state's first ``len(tokens)`` rows by ``tokens`` (b,) -> logits (b, V).
@@ -113,7 +114,7 @@ class CudaGraphStepper:
         Rows up to the bucket size also step (their inputs are whatever the token buffer holds); callers
         keep unused rows free and reset a row when a new sequence takes it.
         """
-        captured = self._graph(tokens.shape[0])
+        captured = self._graph(tokens.shape[0], self.bound_state.ssm.dtype)
         captured.tokens[: tokens.shape[0]].copy_(tokens)
         captured.graph.replay()
         return captured.logits[: tokens.shape[0]]

@@ -52,7 +52,8 @@ class _Captured:
 
 
 class PrefillGraphs:
-    """Batch-1 prefill forwards of ``model`` as CUDA graphs, one per piece length, captured on first use.
+    """Batch-1 prefill forwards of ``model`` as CUDA graphs, one per (piece length, SSM state dtype), captured
+    on first use; the pieces run on a state of the dtype of the caller's (as eager chunks would).
 
     ``capture_seconds`` records each length's first-call cost (warm-up, kernel compilation, capture);
     ``pool_bytes`` the memory the graphs hold (see ``capture_graph``).
@@ -60,10 +61,10 @@ class PrefillGraphs:
 
     def __init__(self, model: MambaLM):
         self.model = model
-        self._graphs: dict[int, _Captured] = {}
+        self._graphs: dict[tuple[int, torch.dtype], _Captured] = {}
         self._pool = None
-        self._state: InferenceState | None = None
-        self.capture_seconds: dict[int, float] = {}
+        self._states: dict[torch.dtype, InferenceState] = {}  # the graphs' input/output state, per dtype
+        self.capture_seconds: dict[tuple[int, torch.dtype], float] = {}
         self.pool_bytes = 0
 
     @staticmethod
@@ -74,14 +75,15 @@ class PrefillGraphs:
     def run(self, ids: torch.Tensor, state: InferenceState, chunk_size: int) -> torch.Tensor:
         """ids (1, length) on the model's device, cut by ``split_prompt(length, chunk_size)``; ``state``
         (one row) advances in place. Returns the last position's logits (1, padded vocab)."""
-        if self._state is None:
-            self._state = self.model.allocate_state(1)
-        static = self._state
+        dtype = state.ssm.dtype
+        if dtype not in self._states:
+            self._states[dtype] = InferenceState.allocate(self.model, 1, ssm_dtype=dtype)
+        static = self._states[dtype]
         static.copy_rows_(slice(None), state)
         start, logits = 0, None
         for piece in split_prompt(ids.shape[1], chunk_size):
             if piece >= MIN_GRAPH_PIECE:
-                captured = self._graph(piece)
+                captured = self._graph(piece, dtype)
                 captured.ids.copy_(ids[:, start:start + piece])
                 captured.graph.replay()
                 logits = captured.logits
@@ -92,18 +94,18 @@ class PrefillGraphs:
         state.ssm.copy_(static.ssm)
         return logits.clone()  # the graph's buffer is overwritten by its next replay
 
-    def _graph(self, length: int) -> _Captured:
-        if length not in self._graphs:
-            self._graphs[length] = self._capture(length)
-        return self._graphs[length]
+    def _graph(self, length: int, dtype: torch.dtype) -> _Captured:
+        if (length, dtype) not in self._graphs:
+            self._graphs[length, dtype] = self._capture(length, dtype)
+        return self._graphs[length, dtype]
 
-    def _capture(self, length: int) -> _Captured:
+    def _capture(self, length: int, dtype: torch.dtype) -> _Captured:
         started = time.perf_counter()
-        state = self._state
+        state = self._states[dtype]
         ids = torch.zeros(1, length, dtype=torch.long, device=self.model.device)
         graph, logits, pool_bytes = capture_graph(
             lambda: self.model(ids, state=state, logits_to_keep=1).logits[:, -1], self._pool, state)
         self._pool = graph.pool()
         self.pool_bytes += pool_bytes
-        self.capture_seconds[length] = time.perf_counter() - started
+        self.capture_seconds[length, dtype] = time.perf_counter() - started
         return _Captured(graph, ids, logits)

@@ -16,8 +16,8 @@ Design of the norm GEMVs (one kernel, ``_input_gemv_kernel``, two input modes):
   serves every batch row of the program's batch block (a static loop over up to ``MAX_BATCH_BLOCK`` rows),
   so the weights are read once for all of them.
 - Every program builds the input vector it needs itself (a row is only d_model..d_inner values): the
-  residual sum or the gate. RMSNorm needs
-  the row's statistics before any product, but linear(x * rstd) = rstd * linear(x): the kernel
+  residual sum or the gate. RMSNorm needs the row's statistics before any product, but
+  linear(x * rstd) = rstd * linear(x): the kernel
   accumulates the dot products and the sum of squares in the same pass and scales once per group at the
   group's end (K blocks never straddle groups), so normalisation costs no extra pass over the input.
 - Programmatic dependent launch (sm_90+, ``MAMBAKIT_DECODE_PDL=0`` turns it off): a kernel may start
