@@ -87,7 +87,7 @@ def bench_steps(name: str, model: MambaLM, copy_gbps: float, out) -> None:
     for batch in BATCHES:
         tokens = torch.randint(0, 1000, (batch,), device="cuda")
         state = model.allocate_state(batch)
-        moved = weight_bytes(model) + 2 * (state.conv.numel() * state.conv.element_size() + state.ssm.numel() * state.ssm.element_size())
+        moved = weight_bytes(model) + 2 * sum(t.numel() * t.element_size() for t in (state.conv, state.ssm))
         for path, fused, use_pdl in (("per_op", False, True), ("fused", True, True), ("fused_no_pdl", True, False)):
             with pdl(use_pdl):
                 us = graph_us(lambda: model.step(tokens, state, fused=fused))
