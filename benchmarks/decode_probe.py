@@ -20,6 +20,7 @@ import torch
 
 from mambakit import ops
 from mambakit.bench.model_bench import SHAPES, copy_bandwidth_gbps, weight_bytes
+from mambakit.generation.cuda_graph import capture_graph
 from mambakit.model import MambaLM
 from mambakit.ops.kernels import decode_fused, decode_fused_ssm
 
@@ -39,15 +40,7 @@ SWEEPS = {  # module, constant, values
 
 def graph_us(step, replays: int = REPLAYS) -> float:
     """Median µs of one replay of ``step`` captured in a CUDA graph (warmed up on a side stream first)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = capture_graph(step, None, None)[0]
     graph.replay()
     torch.cuda.synchronize()
     times = []

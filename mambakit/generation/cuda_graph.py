@@ -24,16 +24,16 @@ from mambakit.state import InferenceState
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def capture_graph(fn, pool, state: InferenceState):
+def capture_graph(fn, pool, state: InferenceState | None):
     """Capture ``fn()``, which advances ``state``, into a new CUDA graph sharing memory pool ``pool`` (None:
     a new pool). Two warm-up calls run first on a side stream (Triton compiles outside the capture);
-    ``state`` is put back as it was before them.
+    ``state`` (None: nothing to restore) is put back as it was before them.
 
     Returns (graph, what fn returned in the capture, pool bytes): the growth of the reserved memory during
     the capture. A replay allocates nothing, so the allocator's peak statistics never see the memory a
     graph uses; benchmarks add these bytes to them.
     """
-    saved = state.clone()
+    saved = state.clone() if state is not None else None
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -46,8 +46,9 @@ def capture_graph(fn, pool, state: InferenceState):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         result = fn()
-    state.conv.copy_(saved.conv)
-    state.ssm.copy_(saved.ssm)
+    if state is not None:
+        state.conv.copy_(saved.conv)
+        state.ssm.copy_(saved.ssm)
     torch.cuda.synchronize()
     return graph, result, torch.cuda.memory_reserved() - reserved
 
