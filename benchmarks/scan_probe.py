@@ -51,6 +51,11 @@ CONFIGURATIONS = [
     ("bwd checkpoint 128", dict(checkpoint=128)),
     ("bwd scratch 64 MB", dict(backward_scratch_mb=64)),
     ("bwd scratch 1024 MB", dict(backward_scratch_mb=1024)),
+    ("fwd maxnreg 96 20 warps per SM", dict(maxnreg=96, warps_per_sm=20)),
+    ("fwd maxnreg 80 24 warps per SM", dict(maxnreg=80, warps_per_sm=24)),
+    ("bwd 8 partial sums", dict(backward_partials=8)),
+    ("bwd 16 partial sums", dict(backward_partials=16)),
+    ("bwd 8 partial sums maxnreg 168", dict(backward_partials=8, backward_maxnreg=168)),
 ]
 
 
