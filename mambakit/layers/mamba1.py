@@ -13,6 +13,7 @@ from torch import nn
 
 from mambakit import ops
 from mambakit.config import MambaConfig
+from mambakit.layers import mamba1_recompute
 from mambakit.layers.norm import KeepsFp32Params
 from mambakit.layers.projection import project
 from mambakit.state import write_final_state
@@ -20,6 +21,9 @@ from mambakit.state import write_final_state
 
 class Mamba1Mixer(KeepsFp32Params):
     fp32_params = ("A_log", "D")
+    # Training forwards on the Triton scan keep neither the conv output nor Δ and recompute both in the backward
+    # (mamba1_recompute.py): 6.4 GB less at mamba-1.4b, B4 x L2048. False keeps them (plain autograd).
+    recompute_in_backward = True
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -45,29 +49,43 @@ class Mamba1Mixer(KeepsFp32Params):
             dt, B, C = (ops.rms_norm(t, None, self.bcdt_rms_eps)[0] for t in (dt, B, C))
         return project(self.dt_proj, dt), B, C
 
+    def conv_and_projections(self, x, conv_state=None, seq_idx=None):
+        """u = silu(conv(x)) and the scan inputs projected from it: (u, Δ before softplus, B, C), (b, d, l),
+        (b, d, l), (b, n, l), (b, n, l) for x (b, d, l); Δ, B and C are transposed views. With conv_state
+        (b, d, k-1) the conv starts from it and leaves its final state there."""
+        u = write_final_state(ops.causal_conv1d(
+            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", initial_state=conv_state, seq_idx=seq_idx,
+            return_final_state=conv_state is not None), conv_state)
+        delta, B, C = self._project_dt_b_c(u.transpose(1, 2))
+        return u, delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+
+    def recomputed_modules(self) -> tuple[nn.Module, ...]:
+        """The modules ``conv_and_projections`` runs (their parameters get gradients on the recomputing path)."""
+        return self.conv1d, self.x_proj, self.dt_proj
+
     def forward(self, hidden, state=None, mask=None, seq_idx=None):
         """hidden (b, l, d_model) -> (b, l, d_model).
 
         state: optional (conv_state (b, d, k-1), ssm_state (b, d, n) fp32): the start state, overwritten
         with the final state. mask: optional (b, l) with 0 at padded positions, which leave the state as it
         is. seq_idx: optional (b, l) int32 packed-sequence ids (the state restarts where it changes).
+        Training forwards on the Triton scan recompute u and Δ in the backward (``mamba1_recompute.py``).
         """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x, z = x.transpose(1, 2), z.transpose(1, 2)  # (b, d, l)
+        A, D = -torch.exp(self.A_log.float()), self.D.float()
+        if mamba1_recompute.applies(self, x, state, mask):
+            return self.out_proj(mamba1_recompute.scan_recomputing_inputs(self, x, z, A, D, seq_idx).transpose(1, 2))
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
         conv_state, ssm_state = state if state is not None else (None, None)
-        x = write_final_state(ops.causal_conv1d(
-            x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", initial_state=conv_state, seq_idx=seq_idx,
-            return_final_state=state is not None), conv_state)
-        delta, B, C = self._project_dt_b_c(x.transpose(1, 2))
-        delta = delta.transpose(1, 2)  # (b, d, l)
+        x, delta, B, C = self.conv_and_projections(x, conv_state, seq_idx)
         softplus = True
         if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·x = 0 keep the state
             delta, softplus = F.softplus(delta.float()) * mask[:, None, :], False
         y = write_final_state(ops.selective_scan(
-            x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-            delta_softplus=softplus, initial_state=ssm_state, seq_idx=seq_idx, return_final_state=state is not None,
+            x, delta, A, B, C, D, z, delta_softplus=softplus, initial_state=ssm_state, seq_idx=seq_idx,
+            return_final_state=state is not None,
         ), ssm_state)
         return self.out_proj(y.transpose(1, 2))
 

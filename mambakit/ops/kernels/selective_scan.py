@@ -264,6 +264,26 @@ def _segmented_backward(saved, geometry, A32, D32, bias32, dy, dfinal_state, has
             None if dinitial is None else dinitial[:, :state_size])
 
 
+def forward_keeping_no_inputs(u, delta, A, B, C, D, z, seq_idx, delta_softplus: bool):
+    """The segmented forward for a caller that keeps neither u nor delta for the backward but recomputes them
+    (Mamba-1's training step, layers/mamba1_recompute.py). Shapes as in ``selective_scan`` (no delta bias, no
+    initial or final state). Returns y and the residuals ``backward_with_inputs`` takes: a tuple of tensors
+    (for ``ctx.save_for_backward``) and the sub-tile geometry."""
+    A32, D32 = A.float(), D.float().contiguous()
+    y, _, saved, geometry = _segmented_forward(u, delta, A32, B, C, D32, z, None, seq_idx, None, delta_softplus,
+                                               save_checkpoints=True, save_final=False)
+    return y, ((A32, D32, *saved[2:]), geometry)
+
+
+def backward_with_inputs(tensors, geometry, u, delta, dy, delta_softplus: bool):
+    """Gradients of ``forward_keeping_no_inputs`` given its residuals and the recomputed u and delta:
+    du, ddelta, dz (their layouts), dA (d, n), dB, dC (b, g, n, l), dD (d,), all but the first three fp32."""
+    A32, D32, *rest = tensors
+    du, ddelta, dz, dA, dB, dC, dD, _, _ = _segmented_backward((u, delta, *rest), geometry, A32, D32, None, dy, None,
+                                                              False, delta_softplus)
+    return du, ddelta, dz, dA, dB, dC, dD
+
+
 def _chunked_config(channels: int, channels_per_group: int, length: int) -> tuple[int, int, int]:
     chunk = CONFIG["chunk"] if length >= 512 else 32
     return chunked.tile_config(channels, channels_per_group, chunk, CONFIG["chunk_num_warps"])
