@@ -115,3 +115,18 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.testing.assert_close(y, want_y, **FP32_TOL)
     torch.testing.assert_close(graph_state, want_state, **FP32_TOL)
+
+
+@pytest.mark.parametrize("make_inputs", [mamba1_inputs, mamba2_inputs])
+def test_decay_rate_given_as_its_log(make_inputs):
+    """A_is_log=True with A_log gives the step of A = -exp(A_log), in the kernel and the reference."""
+    inputs = make_inputs()
+    A_log = torch.log(-inputs["A"])
+    others = {k: v for k, v in inputs.items() if k not in ("state", "A")}
+    want_state = inputs["state"].clone()
+    want = reference.selective_state_update(want_state, A=inputs["A"], **others, dt_softplus=True)
+    for implementation in (selective_state_update, reference.selective_state_update):
+        state = inputs["state"].clone()
+        y = implementation(state, A=A_log, **others, dt_softplus=True, A_is_log=True)
+        torch.testing.assert_close(y, want, **FP32_TOL)
+        torch.testing.assert_close(state, want_state, **FP32_TOL)

@@ -94,8 +94,8 @@ class Mamba1Mixer(KeepsFp32Params):
         x, z = project(self.in_proj, hidden).chunk(2, dim=-1)
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         delta, B, C = self._project_dt_b_c(x)
-        y = ops.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-                                       dt_softplus=True)
+        y = ops.selective_state_update(ssm_state, x, delta, self.A_log, B, C, self.D.float(), z, dt_softplus=True,
+                                       A_is_log=True)
         return project(self.out_proj, y)
 
     @property

@@ -84,11 +84,10 @@ class Mamba2Mixer(KeepsFp32Params):
             dt, dt_bias, softplus = self._step_size(dt), None, False
         else:
             dt_bias, softplus = self.dt_bias.float()[:, None].expand(h, p), True
-        A = -torch.exp(self.A_log.float())[:, None, None].expand(h, p, n)
         y = ops.selective_state_update(
-            ssm_state, x.reshape(batch, h, p), dt[:, :, None].expand(batch, h, p), A,
-            B.reshape(batch, g, n), C.reshape(batch, g, n), self.D.float()[:, None].expand(h, p),
-            dt_bias=dt_bias, dt_softplus=softplus,
+            ssm_state, x.reshape(batch, h, p), dt[:, :, None].expand(batch, h, p),
+            self.A_log[:, None, None].expand(h, p, n), B.reshape(batch, g, n), C.reshape(batch, g, n),
+            self.D.float()[:, None].expand(h, p), dt_bias=dt_bias, dt_softplus=softplus, A_is_log=True,
         )
         return project(self.out_proj, self.norm(y.reshape(batch, self.d_inner), z))
 

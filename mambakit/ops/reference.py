@@ -139,15 +139,19 @@ def mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias):
     return state.unsqueeze(2), lift(x), lift(dt), A.unsqueeze(1), B, C, lift(D), lift(z), lift(dt_bias)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, A_is_log=False):
     """One decoding step of the SSM recurrence, for both mixers. Updates ``state`` in place.
 
     Mamba-1 layout: state (b, d, n); x, dt, z: (b, d); A: (d, n); B, C: (b, n) or (b, g, n); D, dt_bias: (d,).
     Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
-    Returns y like x: y = (C h + D x) * silu(z).
+    ``A_is_log``: A holds the mixers' A_log parameter and the decay rate is -exp(A_log) (taken inside the
+    kernel, so that a decoding step launches no kernels for it). Returns y like x: y = (C h + D x) * silu(z).
     """
     if state.dim() == 3:
-        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus).squeeze(-1)
+        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus,
+                                      A_is_log).squeeze(-1)
+    if A_is_log:
+        A = -torch.exp(A.float())
     heads = state.shape[1]
     dt = dt.float()
     if dt_bias is not None:

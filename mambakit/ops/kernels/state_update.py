@@ -34,10 +34,10 @@ def _selective_state_update_kernel(
     stride_A_h, stride_A_p, stride_A_n, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     stride_D_h, stride_D_p, stride_dt_bias_h, stride_dt_bias_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, STATE_PAD: tl.constexpr,
+    A_IS_LOG: tl.constexpr, BLOCK_ROWS: tl.constexpr, STATE_PAD: tl.constexpr,
 ):
-    """Grid (cdiv(h * p, BLOCK_ROWS), b). state: (b, h, p, n); x, dt, z, y: (b, h, p); A: (h, p, n);
-    B, C: (b, g, n); D, dt_bias: (h, p). Row r is head r // p, head-dim index r % p."""
+    """Grid (cdiv(h * p, BLOCK_ROWS), b). state: (b, h, p, n); x, dt, z, y: (b, h, p); A: (h, p, n) (A_log
+    with A_IS_LOG); B, C: (b, g, n); D, dt_bias: (h, p). Row r is head r // p, head-dim index r % p."""
     batch = tl.program_id(1).to(tl.int64)
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = row < rows
@@ -61,6 +61,8 @@ def _selective_state_update_kernel(
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
     A = tl.load(A_ptr + (head * stride_A_h + lane * stride_A_p)[:, None] + n * stride_A_n, mask=tile_mask,
                 other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A = -tl.exp(A)
     B = tl.load(B_ptr + batch * stride_B_b + (group * stride_B_g)[:, None] + n * stride_B_n, mask=tile_mask,
                 other=0.0).to(tl.float32)
     C = tl.load(C_ptr + batch * stride_C_b + (group * stride_C_g)[:, None] + n * stride_C_n, mask=tile_mask,
@@ -87,15 +89,16 @@ def _strides2(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else tuple(t.stride())
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, A_is_log=False):
     """One decoding step of the SSM recurrence, for both mixers. Updates ``state`` in place.
 
     Mamba-1 layout: state (b, d, n); x, dt, z: (b, d); A: (d, n); B, C: (b, n) or (b, g, n); D, dt_bias: (d,).
     Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
-    Returns y like x: y = (C h + D x) * silu(z).
+    ``A_is_log``: A holds A_log, the decay rate is -exp(A_log). Returns y like x: y = (C h + D x) * silu(z).
     """
     if state.dim() == 3:
-        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus).squeeze(-1)
+        return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus,
+                                      A_is_log).squeeze(-1)
     batch, heads, head_dim, state_size = state.shape
     B = B if B.dim() == 3 else B.unsqueeze(1)
     C = C if C.dim() == 3 else C.unsqueeze(1)
@@ -113,6 +116,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         *state.stride(), *x.stride(), *dt.stride(), *_strides3(z), *y.stride(),
         *A.stride(), *B.stride(), *C.stride(), *_strides2(D), *_strides2(dt_bias),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        BLOCK_ROWS=block_rows, STATE_PAD=state_pad, num_warps=STATE_NUM_WARPS,
+        A_IS_LOG=bool(A_is_log), BLOCK_ROWS=block_rows, STATE_PAD=state_pad, num_warps=STATE_NUM_WARPS,
     )
     return y
