@@ -34,10 +34,11 @@ def _selective_state_update_kernel(
     stride_A_h, stride_A_p, stride_A_n, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     stride_D_h, stride_D_p, stride_dt_bias_h, stride_dt_bias_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    A_IS_LOG: tl.constexpr, BLOCK_ROWS: tl.constexpr, STATE_PAD: tl.constexpr,
+    A_IS_LOG: tl.constexpr, A_PER_ROW: tl.constexpr, BLOCK_ROWS: tl.constexpr, STATE_PAD: tl.constexpr,
 ):
     """Grid (cdiv(h * p, BLOCK_ROWS), b). state: (b, h, p, n); x, dt, z, y: (b, h, p); A: (h, p, n) (A_log
-    with A_IS_LOG); B, C: (b, g, n); D, dt_bias: (h, p). Row r is head r // p, head-dim index r % p."""
+    with A_IS_LOG; A_PER_ROW: its n stride is 0); B, C: (b, g, n); D, dt_bias: (h, p). Row r is head r // p,
+    head-dim index r % p."""
     batch = tl.program_id(1).to(tl.int64)
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = row < rows
@@ -59,8 +60,11 @@ def _selective_state_update_kernel(
                       other=0.0).to(tl.float32)
     if DT_SOFTPLUS:
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
-    A = tl.load(A_ptr + (head * stride_A_h + lane * stride_A_p)[:, None] + n * stride_A_n, mask=tile_mask,
-                other=0.0).to(tl.float32)
+    if A_PER_ROW:  # Mamba-2: one rate per head, so one exp per row below
+        A = tl.load(A_ptr + head * stride_A_h + lane * stride_A_p, mask=row_mask, other=0.0).to(tl.float32)[:, None]
+    else:
+        A = tl.load(A_ptr + (head * stride_A_h + lane * stride_A_p)[:, None] + n * stride_A_n, mask=tile_mask,
+                    other=0.0).to(tl.float32)
     if A_IS_LOG:
         A = -tl.exp(A)
     B = tl.load(B_ptr + batch * stride_B_b + (group * stride_B_g)[:, None] + n * stride_B_n, mask=tile_mask,
@@ -116,6 +120,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         *state.stride(), *x.stride(), *dt.stride(), *_strides3(z), *y.stride(),
         *A.stride(), *B.stride(), *C.stride(), *_strides2(D), *_strides2(dt_bias),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        A_IS_LOG=bool(A_is_log), BLOCK_ROWS=block_rows, STATE_PAD=state_pad, num_warps=STATE_NUM_WARPS,
+        A_IS_LOG=bool(A_is_log), A_PER_ROW=A.stride(-1) == 0, BLOCK_ROWS=block_rows, STATE_PAD=state_pad,
+        num_warps=STATE_NUM_WARPS,
     )
     return y
