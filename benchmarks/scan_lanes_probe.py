@@ -102,10 +102,12 @@ def main():
     inputs = model_layout(_scan_inputs("cuda", **SCAN_SHAPE))
     length = inputs["u"].shape[-1]
     B32, C32 = (_step_major_projection(inputs[name], length, 16) for name in ("B", "C"))
-    lanes_inputs = [inputs[name] for name in ("u", "delta", "A")] + [B32, C32] + [inputs[name] for name in ("D", "z", "delta_bias")]
+    lanes_inputs = ([inputs[name] for name in ("u", "delta", "A")] + [B32, C32]
+                    + [inputs[name] for name in ("D", "z", "delta_bias")])
     with torch.no_grad():
         want = selective_scan(**inputs, delta_softplus=True)
-        segmented_ms = triton.testing.do_bench(lambda: selective_scan(**inputs, delta_softplus=True), return_mode="median")
+        segmented_ms = triton.testing.do_bench(lambda: selective_scan(**inputs, delta_softplus=True),
+                                               return_mode="median")
         for steps, num_warps in ((8, 1), (8, 2), (16, 1), (4, 1)):
             got = lanes(*lanes_inputs, steps, num_warps)
             difference = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()

@@ -63,14 +63,17 @@ class _RecomputedInputsScan(torch.autograd.Function):
         du, ddelta, dz, dA, dB, dC, dD = _triton_scan().backward_with_inputs(
             residuals, ctx.geometry, u.detach(), delta.detach(), dy, delta_softplus=True)
 
-        wanted = [(i, t) for i, t in enumerate((x_leaf, *ctx.parameters)) if ctx.needs_input_grad[1 if i == 0 else 5 + i]]
+        leaves = (x_leaf, *ctx.parameters)
+        # the forward's inputs: mixer, x, z, A, D, seq_idx, *parameters
+        needed = (ctx.needs_input_grad[1], *ctx.needs_input_grad[6:])
+        wanted = [index for index, need in enumerate(needed) if need]
         pairs = [(out, grad) for out, grad in ((u, du), (delta, ddelta), (B, dB.squeeze(1).to(B.dtype)),
                                                (C, dC.squeeze(1).to(C.dtype))) if out.requires_grad]
-        found = [None] * (1 + len(ctx.parameters))
+        leaf_grads = [None] * len(leaves)
         if wanted and pairs:
-            grads = torch.autograd.grad([out for out, _ in pairs], [t for _, t in wanted], [g for _, g in pairs],
-                                        allow_unused=True)
-            for (index, _), grad in zip(wanted, grads):
-                found[index] = grad
+            grads = torch.autograd.grad([out for out, _ in pairs], [leaves[index] for index in wanted],
+                                        [grad for _, grad in pairs], allow_unused=True)
+            for index, grad in zip(wanted, grads):
+                leaf_grads[index] = grad
         A_dtype, D_dtype = ctx.dtypes
-        return (None, found[0], dz, dA.to(A_dtype), dD.to(D_dtype), None, *found[1:])
+        return (None, leaf_grads[0], dz, dA.to(A_dtype), dD.to(D_dtype), None, *leaf_grads[1:])
