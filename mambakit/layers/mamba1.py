@@ -79,12 +79,12 @@ class Mamba1Mixer(KeepsFp32Params):
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
         conv_state, ssm_state = state if state is not None else (None, None)
-        x, delta, B, C = self.conv_and_projections(x, conv_state, seq_idx)
+        u, delta, B, C = self.conv_and_projections(x, conv_state, seq_idx)
         softplus = True
-        if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·x = 0 keep the state
+        if mask is not None:  # Δ = 0 at padding: exp(0·A) = 1 and Δ·B·u = 0 keep the state
             delta, softplus = F.softplus(delta.float()) * mask[:, None, :], False
         y = write_final_state(ops.selective_scan(
-            x, delta, A, B, C, D, z, delta_softplus=softplus, initial_state=ssm_state, seq_idx=seq_idx,
+            u, delta, A, B, C, D, z, delta_softplus=softplus, initial_state=ssm_state, seq_idx=seq_idx,
             return_final_state=state is not None,
         ), ssm_state)
         return self.out_proj(y.transpose(1, 2))

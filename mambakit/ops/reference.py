@@ -144,8 +144,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
     Mamba-1 layout: state (b, d, n); x, dt, z: (b, d); A: (d, n); B, C: (b, n) or (b, g, n); D, dt_bias: (d,).
     Mamba-2 layout: state (b, h, p, n); x, dt, z: (b, h, p); A: (h, p, n); B, C: (b, g, n); D, dt_bias: (h, p).
-    ``A_is_log``: A holds the mixers' A_log parameter and the decay rate is -exp(A_log) (taken inside the
-    kernel, so that a decoding step launches no kernels for it). Returns y like x: y = (C h + D x) * silu(z).
+    ``A_is_log``: A holds the mixers' A_log parameter and the decay rate is -exp(A_log) (the Triton kernel
+    takes it in registers, so that a decoding step launches no kernels for it). Returns y like x:
+    y = (C h + D x) * silu(z).
     """
     if state.dim() == 3:
         return selective_state_update(*mamba1_as_heads(state, x, dt, A, B, C, D, z, dt_bias), dt_softplus,
