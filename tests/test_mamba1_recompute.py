@@ -39,10 +39,12 @@ def recompute_calls(monkeypatch):
     return calls
 
 
-def _gradients(model, ids, seq_idx, recompute: bool, monkeypatch):
+def _gradients(model, ids, seq_idx, recompute: bool, monkeypatch, autocast_dtype=None):
     monkeypatch.setattr(Mamba1Mixer, "recompute_in_backward", recompute)
     model.zero_grad(set_to_none=True)
-    loss = model(ids, labels=ids, seq_idx=seq_idx).loss
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        loss = model(ids, labels=ids, seq_idx=seq_idx).loss
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
@@ -71,6 +73,20 @@ def test_gradients_equal_plain_path(kind, packed, triton_backend, recompute_call
     assert recomputed.keys() == plain.keys() and len(plain) == len(list(model.parameters()))
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], rtol=6e-4, atol=2e-3, msg=name)
+
+
+def test_gradients_equal_plain_path_under_autocast(triton_backend, recompute_calls, monkeypatch):
+    """The Trainer's bf16 autocast over fp32 weights: the backward recomputes u and Δ in bf16, as the forward
+    made them, so the gradients are the plain path's."""
+    torch.manual_seed(5)
+    model = _model("mamba")
+    ids = torch.randint(1, 64, (2, LENGTH))
+    plain_loss, plain = _gradients(model, ids, None, False, monkeypatch, torch.bfloat16)
+    loss, recomputed = _gradients(model, ids, None, True, monkeypatch, torch.bfloat16)
+    assert recompute_calls
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=3e-2, atol=5e-2, msg=name)
 
 
 def test_lora_gradients_equal_plain_path(triton_backend, recompute_calls, monkeypatch):

@@ -51,13 +51,16 @@ class _RecomputedInputsScan(torch.autograd.Function):
                                                                              delta_softplus=True)
         ctx.mixer, ctx.parameters = mixer, parameters
         ctx.dtypes = (A.dtype, D.dtype)
+        device_type = x.device.type  # the backward recomputes under the forward's autocast (Trainer's bf16)
+        ctx.autocast = dict(device_type=device_type, enabled=torch.is_autocast_enabled(device_type),
+                            dtype=torch.get_autocast_dtype(device_type))
         ctx.save_for_backward(x, seq_idx, *residuals)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, seq_idx, *residuals = ctx.saved_tensors
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(**ctx.autocast):
             x_leaf = x.detach().requires_grad_(ctx.needs_input_grad[1])
             u, delta, B, C = ctx.mixer.conv_and_projections(x_leaf, None, seq_idx)
         du, ddelta, dz, dA, dB, dC, dD = _triton_scan().backward_with_inputs(
