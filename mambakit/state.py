@@ -93,6 +93,11 @@ class InferenceState:
                 "it was saved for another model"
             )
 
+    def for_model(self, model) -> "InferenceState":
+        """This (loaded) state checked against ``model``'s shapes and cast to its conv and SSM state dtypes."""
+        self.check_compatible(model)
+        return InferenceState(self.conv.to(model.dtype), self.ssm.to(model.ssm_state_dtype))
+
 
 def write_final_state(result, destination: torch.Tensor | None):
     """An op's result, for a mixer that may carry a state: with ``destination`` (the op was called with

@@ -58,10 +58,9 @@ class PrefixCache:
         model = generator.model
         path = self.path(model, ids)
         if path.is_file():
-            cached = InferenceState.load(path, device=model.device)
-            cached.check_compatible(model)
+            cached = InferenceState.load(path, device=model.device).for_model(model)
             self.hits += 1
-            return InferenceState(cached.conv.to(model.dtype), cached.ssm.to(model.ssm_state_dtype))
+            return cached
         if state is None:
             state, known = model.allocate_state(1), 0
         if known < len(ids):

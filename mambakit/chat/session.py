@@ -200,7 +200,6 @@ class ChatSession:
         if record["template"] != self.template.name:
             raise ChatSessionError(f"{path} was saved with template {record['template']!r}; restart with "
                                    f"--template {record['template']}")
-        state.check_compatible(model)
-        self.state = InferenceState(state.conv.to(model.dtype), state.ssm.to(model.ssm_state_dtype))
+        self.state = state.for_model(model)
         self.system, self.messages = record["system"], record["messages"]
         self.fed_ids, self.fed_segments = record["fed_ids"], record["fed_segments"]
